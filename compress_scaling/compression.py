@@ -1,0 +1,277 @@
+"""Compression specs and the plan that injects them into every projection's matmul.
+
+Lingo (as AQT): in `nn.Dense`, `dot_general(inputs, kernel)` has lhs = activations and
+rhs = weights; both are contracted over the kernel's input axis.
+
+A spec string is `+`-joined terms: `dense`; one quantization term `wXaY[-modifiers]` parsed by
+`quant.parse_quant_term` (e.g. `w4a16`, `w4a4-g32`); one sparsity term parsed by
+`sparsity.parse_term` (e.g. `s50`, `2:4`). Canonical order is quantization, then sparsity:
+`w4a16+2:4`. `str(parse(s)) == s` for canonical strings.
+
+Per-layer rules (`compression_rules` in the config) override the spec on layers whose path
+matches a glob, e.g. Chen et al. 2025's "MLP output projection input at 8 bits while the rest
+is W4A4" is `compression=w4a4`, `compression_rules="*/mlp/out=w4a8"`. Layer paths look like
+`block_3/attn/q`, `block_3/mlp/out`, `lm_head`. By default only the block projections are
+compressed; `lm_head=<spec>` opts the head in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from compress_scaling import quant, sparsity
+
+DENSE = "dense"
+DEFAULT_SCOPE = "block_*"  # layers the global spec applies to: every projection in a block
+MASK_MODULE = "compress"  # name of the injected module; masks live at <layer>/dense/compress/mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Compression:
+  weights: quant.QuantSpec | None = None
+  activations: quant.QuantSpec | None = None
+  sparsity: sparsity.SparsitySpec | None = None
+
+  def __str__(self) -> str:
+    terms = []
+    if self.weights is not None or self.activations is not None:
+      terms.append(quant.format_quant_term(self.weights, self.activations))
+    if self.sparsity is not None:
+      terms.append(sparsity.format_term(self.sparsity))
+    return "+".join(terms) or DENSE
+
+  @property
+  def is_dense(self) -> bool:
+    return self.weights is None and self.activations is None and self.sparsity is None
+
+  @property
+  def density(self) -> float:
+    """Target fraction of weights kept (1 for dense)."""
+    s = self.sparsity
+    if s is None:
+      return 1.0
+    return s.n / s.m if s.kind == "nm" else 1.0 - s.sparsity
+
+  def bits_per_param(self) -> float:
+    """Storage bits per (dense-shape) weight: kept values at the weight format's bits
+    (scale overhead included, `quant.bits_per_param`), plus sparse-index metadata: a 1-bit
+    bitmap for unstructured sparsity, log2(C(m, n)) bits per group of m for n:m (2:4 ->
+    log2(6)/4 = 0.65 bits/weight, the information-theoretic index cost)."""
+    bits = quant.bits_per_param(self.weights) * self.density
+    s = self.sparsity
+    if s is not None:
+      bits += math.log2(math.comb(s.m, s.n)) / s.m if s.kind == "nm" else 1.0
+    return bits
+
+  def to_dict(self) -> dict[str, Any]:
+    def asdict(x):
+      return None if x is None else dataclasses.asdict(x)
+
+    return {
+      "spec": str(self),
+      "weights": asdict(self.weights),
+      "activations": asdict(self.activations),
+      "sparsity": asdict(self.sparsity),
+      "bits_per_param": self.bits_per_param(),
+    }
+
+
+def parse(spec: str) -> Compression:
+  """Parses a spec string; raises ValueError naming the bad term and the allowed forms."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"compression: expected a spec string such as 'w4a16+2:4', got {spec!r}")
+  terms = [t.strip() for t in spec.strip().split("+")]
+  if terms == [DENSE]:
+    return Compression()
+  weights = activations = sparse = None
+  seen_quant = False
+  for term in terms:
+    if sparsity.is_sparsity_term(term):
+      if sparse is not None:
+        raise ValueError(f"compression {spec!r}: more than one sparsity term")
+      sparse = sparsity.parse_term(term)
+    elif term.startswith("w"):
+      if seen_quant:
+        raise ValueError(f"compression {spec!r}: more than one quantization term")
+      weights, activations = quant.parse_quant_term(term)
+      seen_quant = True
+    else:
+      raise ValueError(
+        f"compression {spec!r}: unknown term {term!r}; allowed: 'dense' alone, a quantization "
+        "term 'wXaY[-modifiers]' (e.g. w4a16, w8a8, w4a4-g32, see quant.py), a sparsity term "
+        "'sP' or 'n:m' (e.g. s50, s87.5, 2:4, see sparsity.py), joined with '+'"
+      )
+  return Compression(weights, activations, sparse)
+
+
+def parse_rules(rules: str) -> tuple[tuple[str, Compression], ...]:
+  """'glob=spec; glob=spec' -> ((glob, Compression), ...); first match wins."""
+  out = []
+  for item in filter(None, (r.strip() for r in rules.split(";"))):
+    pattern, sep, spec = item.partition("=")
+    if not sep or not pattern.strip():
+      raise ValueError(
+        f"compression_rules: expected 'layer_glob=spec' items separated by ';', got {item!r}"
+      )
+    out.append((pattern.strip(), parse(spec.strip())))
+  return tuple(out)
+
+
+class InjectedDotGeneral(nn.Module):
+  """The `dot_general` of one projection: mask, then fake-quantize, then lax.dot_general.
+
+  The mask is state in the `masks` collection (not a parameter), so scales of a quantized
+  sparse kernel are computed over the kept weights only. Works as `dot_general_cls` in
+  `nn.Dense`; accepts and ignores extra keyword arguments (flax.nnx passes more).
+  """
+
+  compression: Compression
+  kernel_axes: tuple[str | None, ...]
+
+  @nn.compact
+  def __call__(
+    self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs
+  ):
+    del kwargs
+    c = self.compression
+    (lhs_contract, rhs_contract), _ = dimension_numbers
+    mask = None
+    if c.sparsity is not None:
+      mask = self.variable(
+        "masks",
+        "mask",
+        nn.with_logical_partitioning(lambda: jnp.ones(rhs.shape, bool), self.kernel_axes),
+      ).value
+      rhs = jnp.where(mask, rhs, jnp.zeros_like(rhs))
+    if c.weights is not None:
+      rhs = quant.quantize(
+        rhs, c.weights, axis=tuple(rhs_contract), mask=mask, key=self._key(c.weights)
+      )
+    if c.activations is not None:
+      lhs = quant.quantize(
+        lhs, c.activations, axis=tuple(lhs_contract), key=self._key(c.activations)
+      )
+    return lax.dot_general(
+      lhs,
+      rhs,
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
+
+  def _key(self, spec):
+    return self.make_rng("quant") if spec.rounding == "stochastic" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which compression each projection gets; hands each layer its `dot_general_cls`."""
+
+  default: Compression = Compression()
+  rules: tuple[tuple[str, Compression], ...] = ()
+
+  @classmethod
+  def from_config(cls, spec: str, rules: str = "") -> Plan:
+    return cls(parse(spec), parse_rules(rules))
+
+  def for_layer(self, path: str) -> Compression:
+    for pattern, comp in self.rules:
+      if fnmatch.fnmatchcase(path, pattern):
+        return comp
+    return self.default if fnmatch.fnmatchcase(path, DEFAULT_SCOPE + "/*") else Compression()
+
+  def dot_general_cls(self, path: str, kernel_axes):
+    comp = self.for_layer(path)
+    if comp.is_dense:
+      return None  # nn.Dense then calls lax.dot_general: the dense path is the plain one
+    return functools.partial(InjectedDotGeneral, comp, tuple(kernel_axes), name=MASK_MODULE)
+
+  @property
+  def sparse_specs(self) -> set:
+    comps = [self.default] + [c for _, c in self.rules]
+    return {c.sparsity for c in comps if c.sparsity is not None}
+
+  @property
+  def needs_rng(self) -> bool:
+    comps = [self.default] + [c for _, c in self.rules]
+    return any(
+      s is not None and s.rounding == "stochastic"
+      for c in comps
+      for s in (c.weights, c.activations)
+    )
+
+
+# --------------------------------------------------------------------------- masks ----------
+
+
+def _kernel_path(mask_path: tuple[str, ...]) -> tuple[str, ...]:
+  # <layer>/dense/compress/mask  ->  <layer>/dense/kernel
+  assert mask_path[-2:] == (MASK_MODULE, "mask"), mask_path
+  return mask_path[:-2] + ("kernel",)
+
+
+def _path_keys(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def layer_of(mask_path: tuple[str, ...]) -> str:
+  return "/".join(mask_path[:-3])
+
+
+def kernels_for_masks(params, masks) -> dict[tuple[str, ...], jax.Array]:
+  flat = {_path_keys(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
+  return {
+    _path_keys(p): flat[_kernel_path(_path_keys(p))]
+    for p, _ in jax.tree_util.tree_leaves_with_path(masks)
+  }
+
+
+def apply_masks(params, masks):
+  """Zeroes pruned weights (after every optimizer update, so they stay exactly zero)."""
+  if not masks:
+    return params
+  by_kernel = {
+    _kernel_path(_path_keys(p)): m for p, m in jax.tree_util.tree_leaves_with_path(masks)
+  }
+  return jax.tree_util.tree_map_with_path(
+    lambda p, w: jnp.where(by_kernel[_path_keys(p)], w, 0) if _path_keys(p) in by_kernel else w,
+    params,
+  )
+
+
+def update_masks(plan: Plan, params, masks, step, total_steps: int):
+  """Recomputes the masks of each sparsity spec on its schedule's update steps.
+
+  Called at the start of a train step, before the forward pass (sparsity.is_update_step);
+  under jit the recomputation runs in a lax.cond, so other steps pay only the predicate.
+  """
+  if not masks:
+    return masks
+  flat = {_path_keys(p): m for p, m in jax.tree_util.tree_leaves_with_path(masks)}
+  kernels = kernels_for_masks(params, masks)
+  by_spec: dict[sparsity.SparsitySpec, list[tuple[str, ...]]] = {}
+  for path in flat:
+    by_spec.setdefault(plan.for_layer(layer_of(path)).sparsity, []).append(path)
+  new = dict(flat)
+  for spec, paths in by_spec.items():
+    names = ["/".join(p) for p in paths]
+    old = {n: flat[p] for n, p in zip(names, paths)}
+    sub = {n: kernels[p] for n, p in zip(names, paths)}
+
+    def recompute(sub=sub, spec=spec):
+      return sparsity.compute_masks(sub, spec, sparsity.target_sparsity(step, spec, total_steps))
+
+    updated = lax.cond(
+      sparsity.is_update_step(step, spec, total_steps), recompute, lambda old=old: old
+    )
+    new.update({p: updated[n] for n, p in zip(names, paths)})
+  return jax.tree_util.tree_map_with_path(lambda p, _: new[_path_keys(p)], masks)

@@ -1,0 +1,211 @@
+"""Reads and validates a run config before anything is compiled or written.
+
+Every problem is reported at once, each naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import jax.numpy as jnp
+
+from compress_scaling import compression, data, sharding, sizes
+from compress_scaling.model import ModelConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DIM_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+  model: ModelConfig
+  plan: compression.Plan
+  mesh_shape: tuple[int, int, int]
+
+
+def resolve_dims(m) -> sizes.Dims:
+  if m.size == "custom":
+    missing = [f"model.{f}" for f in DIM_FIELDS if f != "n_kv_heads" and m[f] <= 0]
+    if missing:
+      raise ConfigError(f"model.size='custom' needs positive {', '.join(missing)}")
+    base = sizes.Dims(0, 0, 0, 0, 0)
+  elif m.size in sizes.LADDER:
+    base = sizes.LADDER[m.size]
+  else:
+    raise ConfigError(
+      f"model.size={m.size!r} is unknown; allowed: {', '.join(sizes.LADDER)} or 'custom'"
+    )
+  values = {f: (m[f] if m[f] > 0 else getattr(base, f)) for f in DIM_FIELDS}
+  if values["n_kv_heads"] <= 0:
+    values["n_kv_heads"] = values["n_heads"]
+  return sizes.Dims(**values)
+
+
+def _check(errors: list[str], ok: bool, message: str) -> None:
+  if not ok:
+    errors.append(message)
+
+
+def validate(c, n_devices: int) -> Resolved:
+  """Returns the resolved model/plan/mesh or raises ConfigError listing every problem."""
+  errors: list[str] = []
+  for field in (
+    "total_steps",
+    "batch_size",
+    "seq_len",
+    "eval_every",
+    "eval_batches",
+    "checkpoint_every",
+    "log_every",
+    "checkpoints_to_keep",
+  ):
+    _check(
+      errors,
+      isinstance(c[field], int) and c[field] > 0,
+      f"{field}={c[field]!r}: must be a positive integer",
+    )
+  for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size"):
+    _check(
+      errors,
+      c.model[field] >= 0,
+      f"model.{field}={c.model[field]}: must be > 0, or 0 for the default",
+    )
+  o = c.optimizer
+  _check(errors, o.lr > 0, f"optimizer.lr={o.lr}: must be > 0")
+  _check(errors, 0 <= o.warmup_frac < 1, f"optimizer.warmup_frac={o.warmup_frac}: allowed [0, 1)")
+  _check(
+    errors, 0 <= o.min_lr_ratio <= 1, f"optimizer.min_lr_ratio={o.min_lr_ratio}: allowed [0, 1]"
+  )
+  _check(errors, o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay}: must be >= 0")
+  _check(errors, o.grad_clip > 0, f"optimizer.grad_clip={o.grad_clip}: must be > 0")
+  _check(
+    errors, 0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1/b2=({o.b1}, {o.b2}): allowed [0, 1)"
+  )
+  _check(
+    errors, c.model.dtype in DTYPES, f"model.dtype={c.model.dtype!r}: allowed {', '.join(DTYPES)}"
+  )
+  _check(
+    errors,
+    c.data.source in data.SOURCES,
+    f"data.source={c.data.source!r}: allowed {', '.join(data.SOURCES)}",
+  )
+  _check(
+    errors,
+    c.data.tokenizer in data.TOKENIZERS,
+    f"data.tokenizer={c.data.tokenizer!r}: allowed {', '.join(data.TOKENIZERS)}",
+  )
+  _check(
+    errors, 0 < c.data.val_percent < 100, f"data.val_percent={c.data.val_percent}: allowed 1..99"
+  )
+
+  dims = plan = mesh_shape = None
+  try:
+    dims = resolve_dims(c.model)
+  except ConfigError as e:
+    errors.append(str(e))
+  try:
+    plan = compression.Plan.from_config(c.compression, c.compression_rules)
+  except ValueError as e:
+    errors.append(str(e) if "compression" in str(e) else f"compression={c.compression!r}: {e}")
+  try:
+    mesh_shape = sharding.mesh_shape(c.mesh, n_devices)
+  except ValueError as e:
+    errors.append(str(e))
+
+  vocab = c.model.vocab_size
+  if vocab == 0 and c.data.tokenizer in data.TOKENIZERS:
+    vocab = data.make_tokenizer(c.data.tokenizer).vocab_size
+  if dims is not None:
+    d, h, k = dims.d_model, dims.n_heads, dims.n_kv_heads
+    _check(
+      errors,
+      min(dims.d_model, dims.n_layers, dims.n_heads, dims.d_ff) > 0,
+      f"model dims {dims}: all must be positive",
+    )
+    if h > 0 and k > 0:
+      _check(errors, d % h == 0, f"model.n_heads={h} does not divide model.d_model={d}")
+      _check(errors, h % k == 0, f"model.n_kv_heads={k} does not divide model.n_heads={h}")
+      _check(
+        errors,
+        d % h or (d // h) % 2 == 0,
+        f"model.d_model/n_heads={d // h}: the head dim must be even (rotary embedding)",
+      )
+  if mesh_shape is not None:
+    data_par = mesh_shape[0] * mesh_shape[1]
+    if c.batch_size > 0:
+      _check(
+        errors,
+        c.batch_size % data_par == 0,
+        f"batch_size={c.batch_size} is not divisible by the data-parallel size "
+        f"mesh.data x mesh.fsdp = {data_par}",
+      )
+    t = mesh_shape[2]
+    if dims is not None and t > 1:
+      for name, size in (
+        ("model.n_heads", dims.n_heads),
+        ("model.n_kv_heads", dims.n_kv_heads),
+        ("model.d_ff", dims.d_ff),
+        ("model.vocab_size", vocab),
+      ):
+        _check(errors, size % t == 0, f"mesh.tensor={t} does not divide {name}={size}")
+  if dims is not None and plan is not None and not errors:
+    errors += _check_compression_shapes(plan, dims)
+  if errors:
+    raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+  model = ModelConfig(
+    dims=dims,
+    vocab_size=vocab,
+    tie_embeddings=c.model.tie_embeddings,
+    rope_theta=c.model.rope_theta,
+    norm_eps=c.model.norm_eps,
+    dtype=DTYPES[c.model.dtype],
+  )
+  return Resolved(model, plan, mesh_shape)
+
+
+def layer_contractions(dims: sizes.Dims) -> dict[str, int]:
+  """Every projection's path pattern -> its contraction (input) size."""
+  e = dims.d_model // dims.n_heads
+  out = {}
+  for i in range(dims.n_layers):
+    for name in ("q", "k", "v"):
+      out[f"block_{i}/attn/{name}"] = dims.d_model
+    out[f"block_{i}/attn/o"] = dims.n_heads * e
+    out[f"block_{i}/mlp/gate"] = out[f"block_{i}/mlp/up"] = dims.d_model
+    out[f"block_{i}/mlp/out"] = dims.d_ff
+  out["lm_head"] = dims.d_model
+  return out
+
+
+def _check_compression_shapes(plan: compression.Plan, dims: sizes.Dims) -> list[str]:
+  """Group sizes and n:m blocks must divide every compressed layer's contraction dim."""
+  errors = []
+  for path, k in layer_contractions(dims).items():
+    comp = plan.for_layer(path)
+    for side, spec in (("weights", comp.weights), ("activations", comp.activations)):
+      if spec is not None and spec.group_size and k % spec.group_size:
+        errors.append(
+          f"compression={str(comp)!r}: {side} group size {spec.group_size} does not "
+          f"divide the contraction dim {k} of {path}"
+        )
+    s = comp.sparsity
+    if s is not None and s.kind == "nm" and k % s.m:
+      errors.append(
+        f"compression={str(comp)!r}: m={s.m} does not divide the contraction dim {k} of {path}"
+      )
+  errors = sorted(set(errors))
+  return errors[:5] + ([f"... and {len(errors) - 5} more layers"] if len(errors) > 5 else [])
+
+
+def to_dict(c) -> dict:
+  return json.loads(c.to_json_best_effort())
+
+
+def config_hash(c) -> str:
+  return hashlib.sha256(json.dumps(to_dict(c), sort_keys=True).encode()).hexdigest()[:16]

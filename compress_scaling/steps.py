@@ -1,0 +1,178 @@
+"""The sharded train state and the jitted train / eval steps of one validated config.
+
+State = {step, params, opt_state, masks}: params carry logical axis names (model.py), turned
+into NamedShardings over the mesh by `sharding.LOGICAL_RULES`; the state is built by
+eval_shape -> shardings -> jitted init, so no device ever holds the unsharded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import signal
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from compress_scaling import checkpoint, compression, config_lib, model, sharding
+
+
+def make_optimizer(o, total_steps: int):
+  """AdamW (betas, weight decay, clip from the config) with linear warmup + cosine decay."""
+  warmup = int(o.warmup_frac * total_steps)
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0, o.lr, warmup, max(total_steps, warmup + 1), end_value=o.lr * o.min_lr_ratio
+  )
+  # Decay matrices only, not norm scales (as Llama / OLMo).
+  decay_mask = functools.partial(jax.tree_util.tree_map, lambda x: x.ndim >= 2)
+  tx = optax.chain(
+    optax.clip_by_global_norm(o.grad_clip),
+    optax.adamw(
+      schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
+    ),
+  )
+  return tx, schedule
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything derived from a validated config; shared by training, eval and tests."""
+
+  config: Any
+  resolved: config_lib.Resolved
+  mesh: jax.sharding.Mesh
+  module: model.Transformer
+  tx: optax.GradientTransformation
+  schedule: Any
+  state_shardings: Any
+  abstract_state: Any
+
+  @classmethod
+  def create(cls, config) -> Setup:
+    resolved = config_lib.validate(config, jax.device_count())
+    mesh = sharding.make_mesh(config.mesh)
+    module = model.Transformer(resolved.model, resolved.plan)
+    tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+    setup = cls(config, resolved, mesh, module, tx, schedule, None, None)
+    with mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      boxed = jax.eval_shape(setup._init_boxed, jax.random.key(0))
+    setup.state_shardings = sharding.logical_shardings(mesh, boxed)
+    setup.abstract_state = checkpoint.abstract_like(nn.meta.unbox(boxed), setup.state_shardings)
+    return setup
+
+  def _init_boxed(self, key):
+    tokens = jnp.zeros((1, self.config.seq_len), jnp.int32)
+    variables = self.module.init({"params": key, "quant": key}, tokens)
+    params, masks = variables["params"], variables.get("masks", {})
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt_state": self.tx.init(params),
+      "masks": masks,
+    }
+
+  def init_state(self, key):
+    """Initialises directly into the target shardings: no device holds the whole model."""
+    init = jax.jit(lambda k: nn.meta.unbox(self._init_boxed(k)), out_shardings=self.state_shardings)
+    with self.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      return init(key)
+
+  # ------------------------------------------------------------------ steps ----------------
+
+  def apply(self, params, masks, tokens_BxL, key):
+    variables = {"params": params, "masks": masks} if masks else {"params": params}
+    return self.module.apply(variables, tokens_BxL, rngs={"quant": key})
+
+  def loss_fn(self, params, masks, batch_BxL1, key):
+    logits_BxLxV = self.apply(params, masks, batch_BxL1[:, :-1], key)
+    loss, _ = model.cross_entropy(logits_BxLxV, batch_BxL1[:, 1:])
+    return loss
+
+  def train_step(self, state, batch_BxL1, root_key):
+    step = state["step"]
+    key = jax.random.fold_in(root_key, step)
+    # Masks are (re)computed before the forward pass of their update steps (sparsity.py).
+    masks = compression.update_masks(
+      self.resolved.plan, state["params"], state["masks"], step, self.config.total_steps
+    )
+    params = compression.apply_masks(state["params"], masks)
+    loss, grads = jax.value_and_grad(self.loss_fn)(params, masks, batch_BxL1, key)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], params)
+    # Re-applying the masks after the update keeps pruned weights exactly zero (jaxpruner's
+    # post_gradient_update): Adam moments would otherwise move them.
+    params = compression.apply_masks(optax.apply_updates(params, updates), masks)
+    metrics = {
+      "loss": loss,
+      "grad_norm": optax.global_norm(grads),
+      "params_finite": jnp.isfinite(optax.global_norm(params)),
+      "lr": self.schedule(step),
+    }
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state, "masks": masks}
+    return new_state, metrics
+
+  def eval_step(self, params, masks, batch_BxL1):
+    """Summed next-token NLL (nats) and token count of one batch."""
+    logits_BxLxV = self.apply(params, masks, batch_BxL1[:, :-1], jax.random.key(0))
+    loss, n = model.cross_entropy(logits_BxLxV, batch_BxL1[:, 1:])
+    return loss * n, n
+
+  def jit_train_step(self):
+    batch_sh = sharding.batch_sharding(self.mesh)
+    return jax.jit(
+      self.train_step,
+      in_shardings=(self.state_shardings, batch_sh, sharding.replicated(self.mesh)),
+      out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0,
+    )
+
+  def jit_eval_step(self):
+    return jax.jit(
+      self.eval_step,
+      in_shardings=(
+        self.state_shardings["params"],
+        self.state_shardings["masks"],
+        sharding.batch_sharding(self.mesh),
+      ),
+      out_shardings=sharding.replicated(self.mesh),
+    )
+
+  def global_batch(self, local_rows: np.ndarray) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), local_rows)
+
+
+def evaluate(setup: Setup, eval_step, state, eval_batches) -> tuple[float, int]:
+  """Token-weighted mean held-out loss (nats/token) over the fixed eval batches."""
+  with setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    sums = [eval_step(state["params"], state["masks"], setup.global_batch(b)) for b in eval_batches]
+  total = sum(float(s) for s, _ in sums)
+  n = sum(float(c) for _, c in sums)
+  return total / n, int(n)
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks, so the run saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,1 @@
+"""ml_collections configs; load with --config=configs/<file>.py[:arg] from the repo root."""

@@ -1,0 +1,70 @@
+"""Defaults for one training run: the single source of truth for every config field.
+
+Usage: python -m compress_scaling.main --config=configs/base.py --workdir=DIR
+       [--config.model.size=5m --config.compression=w4a16 ...]
+The config is locked, so a mistyped override fails instead of being ignored.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # root PRNG key; per-step keys are fold_in(root, step); data order from (seed, step)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "1m"  # a name from compress_scaling/sizes.py LADDER, or "custom"
+  # Explicit dims (> 0) override the ladder entry of `size`; all are required for "custom".
+  c.model.d_model = 0
+  c.model.n_layers = 0
+  c.model.n_heads = 0
+  c.model.n_kv_heads = 0  # grouped-query attention; 0 = the ladder's value (or n_heads)
+  c.model.d_ff = 0
+  c.model.vocab_size = 0  # 0 = the tokenizer's vocabulary size
+  c.model.tie_embeddings = False
+  c.model.rope_theta = 10_000.0  # RoFormer / Llama default
+  c.model.norm_eps = 1e-5
+  c.model.dtype = "float32"  # activation dtype; "bfloat16" on TPU/GPU. Params stay float32.
+
+  c.total_steps = 2000
+  c.batch_size = 32  # global batch (sequences), split over the data and fsdp mesh axes
+  c.seq_len = 128
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 3e-3  # peak learning rate
+  c.optimizer.warmup_frac = 0.1  # linear warmup over this fraction of total_steps (QuEST: 10%)
+  c.optimizer.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+  c.optimizer.b1 = 0.9  # AdamW betas, weight decay and clip as Llama / OLMo2 / QuEST
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0
+
+  # Compression spec string (DESIGN.md): dense, w4a16, w4a4-g32, s50, 2:4, w4a16+2:4, ...
+  c.compression = "dense"
+  # Per-layer overrides, "layer_glob=spec; ...", first match wins; layer paths look like
+  # block_3/mlp/out or lm_head (head and embeddings are uncompressed unless a rule names them).
+  # Chen et al. 2025 mixed precision: compression=w4a4, compression_rules="*/mlp/out=w4a8".
+  c.compression_rules = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "stdlib"  # "stdlib": this interpreter's standard-library sources, offline
+  c.data.tokenizer = "byte"  # "byte" (256 ids + end-of-document)
+  c.data.val_percent = 3  # files whose path hash falls below this percentage are held out
+  c.data.cache_dir = ""  # tokenized-corpus cache; "" = ~/.cache/compress_scaling
+
+  c.eval_every = 500  # steps between held-out evaluations (and the final one)
+  c.eval_batches = 8  # held-out batches of batch_size x seq_len per evaluation
+  c.checkpoint_every = 500  # steps between checkpoints (also saved on SIGTERM and at the end)
+  c.checkpoints_to_keep = 2
+  c.log_every = 50  # steps between console lines / TensorBoard scalars
+
+  # Mesh axis sizes; -1 fills the remaining devices. Product must equal the device count.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.lock()
+  return c

@@ -1,0 +1,65 @@
+"""Shared test helpers: running `compress_scaling.main` in a subprocess, reference data."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "reference"
+
+
+def main_command(workdir, *overrides: str, config: str = "configs/smoke.py") -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "compress_scaling.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides,
+  ]
+
+
+def subprocess_env(devices: int | None = None) -> dict:
+  env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  else:
+    env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run_main(
+  workdir,
+  *overrides: str,
+  devices: int | None = None,
+  check: bool = True,
+  config: str = "configs/smoke.py",
+) -> subprocess.CompletedProcess:
+  proc = subprocess.run(
+    main_command(workdir, *overrides, config=config),
+    cwd=REPO,
+    env=subprocess_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_entry(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / "log_entry.json").read_text())
+
+
+@pytest.fixture
+def reference_dir() -> pathlib.Path:
+  if not REFERENCE.is_dir():
+    pytest.skip(f"reference data not found at {REFERENCE}")
+  return REFERENCE
