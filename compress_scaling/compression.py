@@ -11,8 +11,10 @@ A spec string is `+`-joined terms: `dense`; one quantization term `wXaY[-modifie
 Per-layer rules (`compression_rules` in the config) override the spec on layers whose path
 matches a glob, e.g. Chen et al. 2025's "MLP output projection input at 8 bits while the rest
 is W4A4" is `compression=w4a4`, `compression_rules="*/mlp/out=w4a8"`. Layer paths look like
-`block_3/attn/q`, `block_3/mlp/out`, `lm_head`. By default only the block projections are
-compressed; `lm_head=<spec>` opts the head in.
+`block_3/attn/q`, `block_3/mlp/out`, `lm_head`, and for the two attention matmuls
+`block_3/attn/scores` (q·k) and `block_3/attn/values` (probs·v). By default only the block
+projections are compressed; a rule opts the head or the attention matmuls in (there the `w`
+side quantizes the rhs operand, keys or values, and the `a` side queries or probabilities).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from jax import lax
 from compress_scaling import quant, sparsity
 
 DENSE = "dense"
-DEFAULT_SCOPE = "block_*"  # layers the global spec applies to: every projection in a block
+DEFAULT_SCOPE = "block_*"  # the global spec applies to every projection in every block
+PROJECTIONS = ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/out")
+ACTIVATION_MATMULS = ("attn/scores", "attn/values")  # both operands are activations
 MASK_MODULE = "compress"  # name of the injected module; masks live at <layer>/dense/compress/mask
 
 
@@ -61,12 +65,13 @@ class Compression:
       return 1.0
     return s.n / s.m if s.kind == "nm" else 1.0 - s.sparsity
 
-  def bits_per_param(self) -> float:
+  def bits_per_param(self, d_in: int | None = None) -> float:
     """Storage bits per (dense-shape) weight: kept values at the weight format's bits
-    (scale overhead included, `quant.bits_per_param`), plus sparse-index metadata: a 1-bit
-    bitmap for unstructured sparsity, log2(C(m, n)) bits per group of m for n:m (2:4 ->
-    log2(6)/4 = 0.65 bits/weight, the information-theoretic index cost)."""
-    bits = quant.bits_per_param(self.weights) * self.density
+    (scale overhead included, `quant.bits_per_param`; per-channel scales only when the
+    contraction size `d_in` is given), plus sparse-index metadata: a 1-bit bitmap for
+    unstructured sparsity, log2(C(m, n)) bits per group of m for n:m (2:4 -> log2(6)/4 =
+    0.65 bits/weight, the information-theoretic index cost)."""
+    bits = quant.bits_per_param(self.weights, d_in) * self.density
     s = self.sparsity
     if s is not None:
       bits += math.log2(math.comb(s.m, s.n)) / s.m if s.kind == "nm" else 1.0
@@ -127,15 +132,20 @@ def parse_rules(rules: str) -> tuple[tuple[str, Compression], ...]:
 
 
 class InjectedDotGeneral(nn.Module):
-  """The `dot_general` of one projection: mask, then fake-quantize, then lax.dot_general.
+  """The `dot_general` of one matmul: mask, then fake-quantize, then lax.dot_general.
 
   The mask is state in the `masks` collection (not a parameter), so scales of a quantized
-  sparse kernel are computed over the kept weights only. Works as `dot_general_cls` in
-  `nn.Dense`; accepts and ignores extra keyword arguments (flax.nnx passes more).
+  sparse kernel are computed over the kept weights only. With `serving`, the quantized
+  operands go through the integer path (`quant.int_dot_general`: int8 codes, int32
+  accumulation, rescale) instead of fake quant. Per-matmul SQNR of both operands is sown into
+  the `diagnostics` collection (computed only when that collection is mutable). Works as
+  `dot_general_cls` in `nn.Dense`; accepts and ignores extra keyword arguments (flax.nnx
+  passes more).
   """
 
   compression: Compression
   kernel_axes: tuple[str | None, ...]
+  serving: bool = False
 
   @nn.compact
   def __call__(
@@ -152,32 +162,49 @@ class InjectedDotGeneral(nn.Module):
         nn.with_logical_partitioning(lambda: jnp.ones(rhs.shape, bool), self.kernel_axes),
       ).value
       rhs = jnp.where(mask, rhs, jnp.zeros_like(rhs))
-    if c.weights is not None:
-      rhs = quant.quantize(
-        rhs, c.weights, axis=tuple(rhs_contract), mask=mask, key=self._key(c.weights)
+    if self.serving:
+      return quant.int_dot_general(
+        lhs,
+        rhs,
+        dimension_numbers,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        lhs_spec=c.activations,
+        rhs_spec=c.weights,
       )
-    if c.activations is not None:
-      lhs = quant.quantize(
-        lhs, c.activations, axis=tuple(lhs_contract), key=self._key(c.activations)
-      )
+    rhs_q = quant.quantize(
+      rhs, c.weights, axis=tuple(rhs_contract), mask=mask, key=self._key(c.weights)
+    )
+    lhs_q = quant.quantize(
+      lhs, c.activations, axis=tuple(lhs_contract), key=self._key(c.activations)
+    )
+    if self.is_mutable_collection("diagnostics"):
+      self.sow("diagnostics", "weights_sqnr_db", quant.sqnr_db(rhs, rhs_q))
+      self.sow("diagnostics", "activations_sqnr_db", quant.sqnr_db(lhs, lhs_q))
     return lax.dot_general(
-      lhs,
-      rhs,
+      lhs_q,
+      rhs_q,
       dimension_numbers,
       precision=precision,
       preferred_element_type=preferred_element_type,
     )
 
   def _key(self, spec):
-    return self.make_rng("quant") if spec.rounding == "stochastic" else None
+    if spec is None or spec.rounding != "stochastic":
+      return None
+    return self.make_rng("quant")
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Which compression each projection gets; hands each layer its `dot_general_cls`."""
+  """Which compression each matmul gets; hands each layer its `dot_general`.
+
+  `serving=True` evaluates quantized matmuls through the integer path (eval only).
+  """
 
   default: Compression = Compression()
   rules: tuple[tuple[str, Compression], ...] = ()
+  serving: bool = False
 
   @classmethod
   def from_config(cls, spec: str, rules: str = "") -> Plan:
@@ -187,27 +214,27 @@ class Plan:
     for pattern, comp in self.rules:
       if fnmatch.fnmatchcase(path, pattern):
         return comp
-    return self.default if fnmatch.fnmatchcase(path, DEFAULT_SCOPE + "/*") else Compression()
+    in_scope = any(fnmatch.fnmatchcase(path, f"{DEFAULT_SCOPE}/{p}") for p in PROJECTIONS)
+    return self.default if in_scope else Compression()
 
   def dot_general_cls(self, path: str, kernel_axes):
+    """For `nn.Dense(dot_general_cls=...)`: None (plain lax.dot_general) when uncompressed."""
     comp = self.for_layer(path)
     if comp.is_dense:
-      return None  # nn.Dense then calls lax.dot_general: the dense path is the plain one
-    return functools.partial(InjectedDotGeneral, comp, tuple(kernel_axes), name=MASK_MODULE)
-
-  @property
-  def sparse_specs(self) -> set:
-    comps = [self.default] + [c for _, c in self.rules]
-    return {c.sparsity for c in comps if c.sparsity is not None}
-
-  @property
-  def needs_rng(self) -> bool:
-    comps = [self.default] + [c for _, c in self.rules]
-    return any(
-      s is not None and s.rounding == "stochastic"
-      for c in comps
-      for s in (c.weights, c.activations)
+      return None
+    return functools.partial(
+      InjectedDotGeneral, comp, tuple(kernel_axes), self.serving, name=MASK_MODULE
     )
+
+  def dot_general(self, path: str):
+    """For matmuls without a kernel (attention scores / values), called inside a compact
+    method: the injected module (named after the matmul), or lax.dot_general."""
+    comp = self.for_layer(path)
+    if comp.is_dense:
+      return lax.dot_general
+    if comp.sparsity is not None:
+      raise ValueError(f"compression rule for {path}: sparsity applies to weight kernels only")
+    return InjectedDotGeneral(comp, (), self.serving, name=path.rsplit("/", 1)[-1])
 
 
 # --------------------------------------------------------------------------- masks ----------

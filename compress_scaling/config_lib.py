@@ -154,8 +154,17 @@ def validate(c, n_devices: int) -> Resolved:
         ("model.vocab_size", vocab),
       ):
         _check(errors, size % t == 0, f"mesh.tensor={t} does not divide {name}={size}")
+  if plan is not None and c.eval_serving:
+    comps = [plan.default] + [comp for _, comp in plan.rules]
+    for spec in (q for comp in comps for q in (comp.weights, comp.activations) if q is not None):
+      _check(
+        errors,
+        spec.is_integer_grid and spec.rounding == "nearest",
+        f"eval_serving=True: the integer serving path needs integer formats with nearest "
+        f"rounding; {spec.numerics} {spec.fmt or ''} {spec.rounding} is not one",
+      )
   if dims is not None and plan is not None and not errors:
-    errors += _check_compression_shapes(plan, dims)
+    errors += _check_compression_shapes(plan, dims, c.seq_len)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
   model = ModelConfig(
@@ -169,11 +178,12 @@ def validate(c, n_devices: int) -> Resolved:
   return Resolved(model, plan, mesh_shape)
 
 
-def layer_contractions(dims: sizes.Dims) -> dict[str, int]:
-  """Every projection's path pattern -> its contraction (input) size."""
+def layer_contractions(dims: sizes.Dims, seq_len: int) -> dict[str, int]:
+  """Every matmul's layer path -> its contraction size."""
   e = dims.d_model // dims.n_heads
   out = {}
   for i in range(dims.n_layers):
+    out[f"block_{i}/attn/scores"], out[f"block_{i}/attn/values"] = e, seq_len
     for name in ("q", "k", "v"):
       out[f"block_{i}/attn/{name}"] = dims.d_model
     out[f"block_{i}/attn/o"] = dims.n_heads * e
@@ -183,11 +193,17 @@ def layer_contractions(dims: sizes.Dims) -> dict[str, int]:
   return out
 
 
-def _check_compression_shapes(plan: compression.Plan, dims: sizes.Dims) -> list[str]:
-  """Group sizes and n:m blocks must divide every compressed layer's contraction dim."""
+def _check_compression_shapes(plan: compression.Plan, dims: sizes.Dims, seq_len: int) -> list[str]:
+  """Group sizes and n:m blocks must divide every compressed layer's contraction dim;
+  sparsity applies to weight kernels only."""
   errors = []
-  for path, k in layer_contractions(dims).items():
+  for path, k in layer_contractions(dims, seq_len).items():
     comp = plan.for_layer(path)
+    if comp.sparsity is not None and path.endswith(compression.ACTIVATION_MATMULS):
+      errors.append(
+        f"compression_rules: {path} multiplies two activations; sparsity "
+        f"({str(comp)!r}) applies to weight kernels only"
+      )
     for side, spec in (("weights", comp.weights), ("activations", comp.activations)):
       if spec is not None and spec.group_size and k % spec.group_size:
         errors.append(

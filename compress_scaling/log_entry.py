@@ -88,7 +88,7 @@ def _model_bits(plan: compression.Plan, params) -> float:
     size = leaf.size
     layer_bits = 16.0
     if keys[-1] == "kernel":
-      layer_bits = plan.for_layer("/".join(keys[:-2])).bits_per_param()
+      layer_bits = plan.for_layer("/".join(keys[:-2])).bits_per_param(d_in=leaf.shape[0])
     bits, count = bits + size * layer_bits, count + size
   return bits / count
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from compress_scaling import compression, sizes
+from compress_scaling import compression, quant, sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +59,16 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    path = "/".join(self.path)
+    # Input kurtosis (Chen et al. 2025 find the MLP output projection's input the outlier
+    # bottleneck); computed only when `diagnostics` is mutable (eval with diagnostics on).
+    if self.is_mutable_collection("diagnostics"):
+      self.sow("diagnostics", "input_kurtosis", quant.kurtosis(x.astype(jnp.float32)))
     return nn.Dense(
       self.features,
       use_bias=False,
       dtype=self.dtype,
       kernel_init=_kernel_init(*self.axes),
-      dot_general_cls=self.plan.dot_general_cls(path, self.axes),
+      dot_general_cls=self.plan.dot_general_cls("/".join(self.path), self.axes),
       name="dense",
     )(x)
 
@@ -104,13 +107,24 @@ class Attention(nn.Module):
     v_BxLxHxE = jnp.repeat(v_BxLxKxE, H // K, axis=2)
 
     # Scores and softmax in float32 for stability under bfloat16 activations.
-    logits_BxHxLxL = jnp.einsum(
-      "bqhe,bkhe->bhqk", q_BxLxHxE, k_BxLxHxE, preferred_element_type=jnp.float32
+    # The two attention matmuls also take their dot_general from the plan (uncompressed by
+    # default; quantizable by rule), so they are written as explicit dot_generals.
+    path = "/".join(self.path)
+    scores_dot = self.plan.dot_general(f"{path}/scores")
+    values_dot = self.plan.dot_general(f"{path}/values")
+    logits_BxHxLxL = scores_dot(  # contract E; batch over (B, H)
+      q_BxLxHxE,
+      k_BxLxHxE,
+      (((3,), (3,)), ((0, 2), (0, 2))),
+      preferred_element_type=jnp.float32,
     ) / jnp.sqrt(E).astype(jnp.float32)
     causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
     logits_BxHxLxL = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
     probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(cfg.dtype)
-    out_BxLxHxE = jnp.einsum("bhqk,bkhe->bqhe", probs_BxHxLxL, v_BxLxHxE)
+    out_BxHxLxE = values_dot(  # contract the key axis; batch over (B, H)
+      probs_BxHxLxL, v_BxLxHxE, (((3,), (1,)), ((0, 1), (0, 2)))
+    )
+    out_BxLxHxE = out_BxHxLxE.transpose(0, 2, 1, 3)
     return proj("o", dims.d_model, ("heads", "embed"))(out_BxLxHxE.reshape(B, L, H * E))
 
 

@@ -130,9 +130,16 @@ class Setup:
       donate_argnums=0,
     )
 
-  def jit_eval_step(self):
+  def jit_eval_step(self, serving: bool = False):
+    """The jitted eval step; `serving` runs quantized matmuls through the integer path."""
+    step = self.eval_step
+    if serving:
+      module = model.Transformer(
+        self.resolved.model, dataclasses.replace(self.resolved.plan, serving=True)
+      )
+      step = dataclasses.replace(self, module=module).eval_step
     return jax.jit(
-      self.eval_step,
+      step,
       in_shardings=(
         self.state_shardings["params"],
         self.state_shardings["masks"],
@@ -140,6 +147,22 @@ class Setup:
       ),
       out_shardings=sharding.replicated(self.mesh),
     )
+
+  def diagnostics(self, state, batch_BxL1) -> dict[str, dict[str, float]]:
+    """Per-layer quantization diagnostics on one batch: {layer path: {metric: value}}."""
+    variables = {"params": state["params"], "masks": state["masks"]}
+    with self.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      _, sown = jax.jit(
+        lambda v, b: self.module.apply(
+          v, b[:, :-1], rngs={"quant": jax.random.key(0)}, mutable=["diagnostics"]
+        )
+      )(variables, self.global_batch(batch_BxL1))
+    out: dict[str, dict[str, float]] = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(sown["diagnostics"]):
+      keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+      keys = [k for k in keys if k not in ("dense", compression.MASK_MODULE) and not k.isdigit()]
+      out.setdefault("/".join(keys[:-1]), {})[keys[-1]] = float(value)
+    return out
 
   def global_batch(self, local_rows: np.ndarray) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), local_rows)

@@ -148,6 +148,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt.close()
   summaries.close()
   entry = log_entry.build(meta, status, setup, corpus, state, progress, message)
+  if status == "complete" and config.eval_serving:
+    serving_loss, _ = steps.evaluate(setup, setup.jit_eval_step(serving=True), state, eval_batches)
+    entry["eval"]["serving_loss"] = serving_loss
+  if status == "complete" and config.eval_diagnostics:
+    entry["eval"]["diagnostics"] = setup.diagnostics(state, eval_batches[0])
   if jax.process_index() == 0:
     logbook.write_entry(entry_path, entry)
   logging.info(

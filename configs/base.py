@@ -56,6 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.eval_every = 500  # steps between held-out evaluations (and the final one)
   c.eval_batches = 8  # held-out batches of batch_size x seq_len per evaluation
+  # Final eval extras: the loss through the integer serving path (int8 codes, int32
+  # accumulation; integer formats only), and per-layer weight / activation SQNR and input
+  # kurtosis on the first eval batch.
+  c.eval_serving = False
+  c.eval_diagnostics = False
   c.checkpoint_every = 500  # steps between checkpoints (also saved on SIGTERM and at the end)
   c.checkpoints_to_keep = 2
   c.log_every = 50  # steps between console lines / TensorBoard scalars

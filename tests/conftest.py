@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,6 +53,30 @@ def run_main(
   if check and proc.returncode != 0:
     raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc
+
+
+def start_main(workdir, *overrides: str) -> subprocess.Popen:
+  return subprocess.Popen(
+    main_command(workdir, *overrides),
+    cwd=REPO,
+    env=subprocess_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def wait_for_checkpoint(proc, workdir, step: int, timeout: float = 300) -> None:
+  """Waits until checkpoint `step` is finished (orbax renames its tmp folder at the end)."""
+  target = pathlib.Path(workdir) / "checkpoints" / str(step)
+  deadline = time.time() + timeout
+  while not target.is_dir():
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before checkpoint {step}:\n{proc.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"no checkpoint {step} after {timeout}s")
+    time.sleep(0.02)
 
 
 def read_entry(workdir) -> dict:

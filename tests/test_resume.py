@@ -2,12 +2,10 @@
 match single-device runs. Each test drives `python -m compress_scaling.main` subprocesses."""
 
 import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.conftest import REPO, main_command, read_entry, run_main, subprocess_env
+from tests.conftest import read_entry, run_main, start_main, wait_for_checkpoint
 
 LONG = ("--config.total_steps=120", "--config.checkpoint_every=20", "--config.eval_every=60")
 
@@ -19,33 +17,9 @@ def uninterrupted(tmp_path_factory):
   return read_entry(workdir)
 
 
-def _start(workdir):
-  return subprocess.Popen(
-    main_command(workdir, *LONG),
-    cwd=REPO,
-    env=subprocess_env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-
-
-def _wait_for_checkpoint(proc, workdir, step, timeout=300):
-  """Waits until checkpoint `step` is finished (orbax renames its tmp folder at the end)."""
-  target = workdir / "checkpoints" / str(step)
-  deadline = time.time() + timeout
-  while not target.is_dir():
-    if proc.poll() is not None:
-      raise AssertionError(f"run ended before checkpoint {step}:\n{proc.stderr.read()[-3000:]}")
-    if time.time() > deadline:
-      proc.kill()
-      raise AssertionError(f"no checkpoint {step} after {timeout}s")
-    time.sleep(0.02)
-
-
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
-  proc = _start(tmp_path)
-  _wait_for_checkpoint(proc, tmp_path, 40)
+  proc = start_main(tmp_path, *LONG)
+  wait_for_checkpoint(proc, tmp_path, 40)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (tmp_path / "log_entry.json").exists()
@@ -59,8 +33,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted):
-  proc = _start(tmp_path)
-  _wait_for_checkpoint(proc, tmp_path, 20)
+  proc = start_main(tmp_path, *LONG)
+  wait_for_checkpoint(proc, tmp_path, 20)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 0, stderr[-3000:]
