@@ -1,0 +1,222 @@
+"""Figures of the fits. Each function returns a matplotlib Figure built without pyplot (no global
+backend switch, so colab's inline backend is untouched); `save` writes PNG and PDF.
+Every figure's title states the law and the number of runs behind it."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from compress_scaling.scaling import data as data_mod
+from compress_scaling.scaling import laws
+
+UNIFIED = "L = A (N eff(C))^-α + B D^-β + E  (Frantar et al. 2025)"
+
+
+def save(fig: Figure, stem: str) -> list[str]:
+  """Writes stem.png and stem.pdf; returns their paths."""
+  os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+  paths = []
+  for ext in ("png", "pdf"):
+    path = f"{stem}.{ext}"
+    fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
+    paths.append(path)
+  return paths
+
+
+def _colors(n):
+  from matplotlib import colormaps
+
+  cmap = colormaps["tab10" if n <= 10 else "tab20"]
+  return [cmap(i % cmap.N) for i in range(n)]
+
+
+def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
+  """Loss vs N per compression with the fitted unified law, drawn at each compression's median
+  tokens per parameter (D/N)."""
+  base = table.attrs["base"]
+  fig = Figure(figsize=(7.5, 5))
+  ax = fig.add_subplot()
+  comps = [c for c in table.index if c in set(runs.compression)]
+  for color, c in zip(_colors(len(comps)), comps):
+    r = runs[runs.compression == c]
+    ax.scatter(r.N, r.loss, color=color, s=18, label=f"{c} (eff {table.eff[c]:.3g})")
+    ratio = float(np.median(r.D / r.N))
+    n = np.geomspace(r.N.min() / 1.5, r.N.max() * 1.5, 64)
+    ax.plot(
+      n,
+      laws.unified(
+        n, ratio * n, table.eff[c], base["A"], base["B"], base["E"], base["alpha"], base["beta"]
+      ),
+      color=color,
+      lw=1,
+    )
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
+  ax.set_xlabel("N (non-embedding parameters)")
+  ax.set_ylabel("final eval loss")
+  ax.legend(fontsize=7, ncol=2)
+  ax.set_title(
+    f"{UNIFIED}\ncurves at each C's median D/N; {len(runs)} runs, "
+    f"{table.attrs.get('protocol', '')} fit",
+    fontsize=9,
+  )
+  return fig
+
+
+def _err(t):
+  lo, hi = t.eff - t.eff_lo, t.eff_hi - t.eff
+  return np.where(np.isfinite(lo), lo, 0), np.where(np.isfinite(hi), hi, 0)
+
+
+def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
+  """eff vs bits: weight-only (x = weight bits) and weights+activations (x = W = A bits)."""
+  st = data_mod.spec_table(table.index)
+  fig = Figure(figsize=(10, 4.2))
+  panels = [
+    ("weight", "weight-only: WxA16", "w_bits"),
+    ("weight+act", "weights + activations: WxAy", "w_bits"),
+  ]
+  n_runs = 0
+  for k, (kind, title, xcol) in enumerate(panels):
+    ax = fig.add_subplot(1, 2, k + 1)
+    rows = st.index[(st.kind == kind) | (st.index == "dense")]
+    t = table.loc[rows]
+    x = np.where(t.index == "dense", laws.UNQUANTIZED_BITS, st.loc[rows, xcol])
+    n_runs += int(t.n_runs[t.index != "dense"].sum())
+    ax.errorbar(x, t.eff, yerr=_err(t), fmt="o", capsize=3)
+    for xi, yi, name in zip(x, t.eff, t.index):
+      ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if kumar is not None and np.isfinite(kumar.params.get("gamma_w", np.nan)):
+      P = np.linspace(1, 16, 100)
+      ga = kumar.params.get("gamma_a", np.nan) if kind == "weight+act" else np.nan
+      y = laws.kumar_factor(P, kumar["gamma_w"]) * (
+        laws.kumar_factor(P, ga) if np.isfinite(ga) else 1.0
+      )
+      ax.plot(P, y, lw=1, label="Kumar et al. 1 - e^(-P/γ) fit")
+      ax.legend(fontsize=7)
+    ax.set_xlabel("bits (weights; activations = weights on the right)")
+    ax.set_ylabel("eff(C)")
+    ax.set_title(title, fontsize=9)
+  fig.suptitle(
+    f"eff vs bits, {UNIFIED}; {n_runs} compressed runs "
+    f"(+{int(table.n_runs.get('dense', 0))} dense)",
+    fontsize=9,
+  )
+  return fig
+
+
+def eff_vs_sparsity(table: pd.DataFrame, sparse_fit=None) -> Figure:
+  st = data_mod.spec_table(table.index)
+  rows = st.index[(st.kind == "sparse") | (st.index == "dense")]
+  t, s = table.loc[rows], st.loc[rows, "sparsity"].astype(float)
+  nm = st.loc[rows, "nm"].notna()
+  fig = Figure(figsize=(6, 4.2))
+  ax = fig.add_subplot()
+  for mask, label, mk in ((~nm, "unstructured", "o"), (nm, "n:m", "s")):
+    if mask.any():
+      lo, hi = _err(t[mask])
+      ax.errorbar(100 * s[mask], t.eff[mask], yerr=(lo, hi), fmt=mk, capsize=3, label=label)
+  for xi, yi, name in zip(100 * s, t.eff, t.index):
+    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  if sparse_fit is not None:
+    S = np.linspace(0, 0.95, 100)
+    ax.plot(100 * S, sparse_fit.eff(S), lw=1, label="sparse law (Frantar et al. 2023)")
+  ax.set_xlabel("sparsity (%)")
+  ax.set_ylabel("eff(C) (dense-shape N)")
+  ax.legend(fontsize=7)
+  n = int(t.n_runs[t.index != "dense"].sum())
+  ax.set_title(f"eff vs sparsity, {UNIFIED}\n{n} sparse runs", fontsize=9)
+  return fig
+
+
+def eff_vs_gmse(table: pd.DataFrame, gmse: pd.DataFrame, capacity=None) -> Figure:
+  """eff vs the Gaussian MSE of the representation (product over compressed parts shown as
+  the x of the part with the largest GMSE), with the capacity law of Panferov et al. 2025."""
+  t = table.join(gmse, how="inner")
+  x = t[[c for c in ("gmse_w", "gmse_a", "gmse_s") if c in t]].max(axis=1)
+  fig = Figure(figsize=(6, 4.2))
+  ax = fig.add_subplot()
+  ax.errorbar(x, t.eff, yerr=_err(t), fmt="o", capsize=3)
+  for xi, yi, name in zip(x, t.eff, t.index):
+    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  if capacity is not None:
+    g = np.geomspace(max(x.min() / 3, 1e-5), 0.9, 100)
+    ax.plot(
+      g, laws.capacity(g, **capacity.params), lw=1, label="L tanh(F log_{1/4} GMSE)^C, one part"
+    )
+    ax.legend(fontsize=7)
+  ax.set_xscale("log")
+  ax.set_xlabel("Gaussian MSE (largest compressed part)")
+  ax.set_ylabel("eff(C)")
+  ax.set_title(
+    f"eff vs GMSE, capacity law (Panferov et al. 2025)\n{int(t.n_runs.sum())} runs", fontsize=9
+  )
+  return fig
+
+
+def pred_vs_measured(pred: pd.DataFrame) -> Figure:
+  """Measured vs predicted loss; held-out runs (column held_out) marked with crosses."""
+  fig = Figure(figsize=(5.5, 5))
+  ax = fig.add_subplot()
+  held = pred.held_out.astype(bool)
+  ax.scatter(pred.pred[~held], pred.loss[~held], s=16, label="fitted")
+  ax.scatter(
+    pred.pred[held],
+    pred.loss[held],
+    s=40,
+    marker="x",
+    color="C3",
+    label="held out (not in the fit)",
+  )
+  lo, hi = min(pred.pred.min(), pred.loss.min()), max(pred.pred.max(), pred.loss.max())
+  ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+  ax.set_xlabel("predicted loss")
+  ax.set_ylabel("measured loss")
+  ax.legend(fontsize=7)
+  err = np.mean(np.abs(pred.pred[held] / pred.loss[held] - 1)) if held.any() else np.nan
+  ax.set_title(
+    f"{UNIFIED}\n{len(pred)} runs, {int(held.sum())} held out (mean |rel. err| {err:.2%})",
+    fontsize=9,
+  )
+  return fig
+
+
+def qat_delta(qat) -> Figure:
+  """Measured delta = L - base(N, D) vs N, D, G with the Chen et al. 2025 law."""
+  pts = qat.info["points"]
+  fig = Figure(figsize=(12, 4))
+  for k, col in enumerate(("N", "D", "G")):
+    ax = fig.add_subplot(1, 3, k + 1)
+    ax.scatter(pts[col], pts.delta, s=16, label="measured L - base(N, D)")
+    ax.scatter(pts[col], qat.predict_delta(pts.N, pts.D, pts.G), s=16, marker="x", label="law")
+    ax.set_xscale("log", base=2 if col == "G" else 10)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(col)
+    ax.set_ylabel("δ")
+    ax.legend(fontsize=7)
+  p = qat.params
+  fig.suptitle(
+    f"QAT error δ = k D^γD (log2 G)^γG / N^γN (Chen et al. 2025): k={p['k']:.3g}, "
+    f"γN={p['gamma_N']:.3g}, γD={p['gamma_D']:.3g}, γG={p['gamma_G']:.3g}; "
+    f"{len(pts)} runs",
+    fontsize=9,
+  )
+  return fig
+
+
+def eff_per_bit(table: pd.DataFrame) -> Figure:
+  """Dense-equivalent parameters per stored bit relative to dense (16 eff / bits): the
+  compression with the largest bar reaches a given loss with the least memory."""
+  t = table.sort_values("gain_vs_dense")
+  fig = Figure(figsize=(6.5, 0.35 * len(t) + 1.5))
+  ax = fig.add_subplot()
+  ax.barh(t.index, t.gain_vs_dense)
+  ax.axvline(1.0, color="k", lw=0.8)
+  ax.set_xlabel("(eff / bits) relative to dense: memory gain at equal loss")
+  ax.set_title(f"eff(C) / bits per parameter, {UNIFIED}\n{int(t.n_runs.sum())} runs", fontsize=9)
+  return fig

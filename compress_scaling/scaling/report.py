@@ -1,0 +1,241 @@
+"""The full analysis of a set of runs: eff table, neighbours' fits, figures, written to a folder.
+Used by `python -m compress_scaling.fit` and usable as is from a colab."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from compress_scaling.scaling import data as data_mod
+from compress_scaling.scaling import eff as eff_mod
+from compress_scaling.scaling import neighbours, plots
+from compress_scaling.scaling.data import FitError
+
+TABLE_COLUMNS = [
+  "eff",
+  "eff_lo",
+  "eff_hi",
+  "eff_se",
+  "bits_per_param",
+  "gain_vs_dense",
+  "n_runs",
+  "n_sizes",
+  "kind",
+]
+
+
+def markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+  """A GitHub-markdown table (index first) without the tabulate dependency."""
+  cols = [df.index.name or ""] + [str(c) for c in df.columns]
+
+  def cell(v):
+    if isinstance(v, (float, np.floating)):
+      return "" if np.isnan(v) else format(float(v), floatfmt)
+    return str(v)
+
+  lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+  for idx, row in df.iterrows():
+    lines.append("| " + " | ".join([cell(idx)] + [cell(v) for v in row]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class Report:
+  table: pd.DataFrame
+  files: list[str]
+  notes: list[str]
+  composition: pd.DataFrame | None = None
+  holdout: pd.DataFrame | None = None
+  fits: dict = dataclasses.field(default_factory=dict)
+
+
+def _gmse_table(comps, notes) -> pd.DataFrame | None:
+  rows = {}
+  for c in comps:
+    if c == "dense":
+      continue
+    try:
+      g = neighbours.gaussian_mse_for_spec(c, n_samples=1 << 16)
+    except (ImportError, AttributeError) as e:
+      notes.append(f"eff vs GMSE skipped: the quantizers' gaussian_mse is unavailable ({e})")
+      return None
+    except (ValueError, TypeError) as e:
+      notes.append(f"GMSE of {c!r} unavailable ({e}); left out of the capacity fit")
+      continue
+    rows[c] = {f"gmse_{k}": v for k, v in g.items()}
+  if not rows:
+    return None
+  return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _holdout(runs, protocol, notes):
+  """Fit without the largest size, predict it; plus in-sample predictions of the rest."""
+  sizes = np.unique(runs.N)
+  if len(sizes) < 4:
+    notes.append(f"held-out check skipped: needs at least 4 distinct N, got {len(sizes)}")
+    return None
+  try:
+    held = eff_mod.leave_one_size_out(runs, sizes=[sizes[-1]], protocol=protocol)
+  except FitError as e:
+    notes.append(f"held-out check failed: {e}")
+    return None
+  return held
+
+
+def build_report(
+  runs,
+  out_dir: str,
+  *,
+  protocol: str = "two_stage",
+  bootstrap: int = 1000,
+  seed: int = 0,
+  min_runs: int = 2,
+  figures: bool = True,
+  gmse: bool = True,
+) -> Report:
+  """Fits everything the runs support and writes eff_table.{md,csv}, composition.{md,csv},
+  holdout.csv and the figures (PNG + PDF) to out_dir. Runs with bad or missing fields and
+  compressions with too few runs are reported in `notes`, not silently dropped."""
+  os.makedirs(out_dir, exist_ok=True)
+  notes, files, fits = [], [], {}
+  src = data_mod.load_runs(runs)
+  for _, reason in src.attrs.get("skipped", []):
+    notes.append(f"skipped file {reason}")
+  for f, fields in src.attrs.get("missing", []):
+    notes.append(f"run without {', '.join(fields)}: {f}")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    df = data_mod.check_runs(src, "fit", drop_invalid=True)
+    train = df[df["kind"].fillna("train") == "train"] if "kind" in df.columns else df
+    table = eff_mod.fit_eff(
+      train,
+      protocol=protocol,
+      bootstrap=bootstrap,
+      seed=seed,
+      min_runs=min_runs,
+      on_insufficient="skip",
+    )
+  notes += [str(w.message) for w in caught]
+  fits["base"] = table.attrs["base"]
+  cols = [c for c in TABLE_COLUMNS if c in table.columns]
+  for ext, text in (("md", markdown(table[cols])), ("csv", table[cols].to_csv())):
+    path = os.path.join(out_dir, f"eff_table.{ext}")
+    with open(path, "w") as f:
+      f.write(text)
+    files.append(path)
+  comp = eff_mod.composition_test(table)
+  if len(comp):
+    for ext, text in (("md", markdown(comp)), ("csv", comp.to_csv())):
+      path = os.path.join(out_dir, f"composition.{ext}")
+      with open(path, "w") as f:
+        f.write(text)
+      files.append(path)
+  used = train[train.compression.isin(table.index)]
+  held = _holdout(used, protocol, notes)
+  if held is not None:
+    path = os.path.join(out_dir, "holdout.csv")
+    held[["compression", "N", "D", "loss", "pred", "rel_err"]].to_csv(path, index=False)
+    files.append(path)
+  try:
+    fits["kumar"] = neighbours.fit_eff_kumar(table)
+  except FitError as e:
+    notes.append(f"Kumar eff(bits) fit skipped: {e}")
+  gm = _gmse_table(table.index, notes) if gmse else None
+  if gm is not None:
+    try:
+      t = table.join(gm, how="inner")
+      fits["capacity"] = neighbours.fit_capacity(
+        t.eff, t.get("gmse_w"), t.get("gmse_a"), t.get("gmse_s")
+      )
+    except FitError as e:
+      notes.append(f"capacity-law fit skipped: {e}")
+  fits.update(_qat_fits(train, table, notes))
+  _sparse_fit(used, fits, notes)
+  ptq = neighbours.ptq_table(df)
+  if ptq.attrs["unmatched"]:
+    notes.append("PTQ entries without their base run: " + ", ".join(ptq.attrs["unmatched"]))
+  if len(ptq):
+    try:
+      fits["ptq"] = neighbours.fit_ptq(ptq.N, ptq.D, ptq.P_post, ptq.delta)
+      notes.append(
+        "Kumar et al. PTQ law: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in fits["ptq"].params.items())
+        + f" ({len(ptq)} PTQ runs)"
+      )
+    except FitError as e:
+      notes.append(f"Kumar et al. PTQ law skipped: {e}")
+  if figures:
+    files += _figures(out_dir, used, table, held, gm, fits, notes)
+  return Report(table=table, files=files, notes=notes, composition=comp, holdout=held, fits=fits)
+
+
+def _sparse_fit(runs, fits, notes) -> None:
+  """Frantar et al. 2023 sparse law on the dense and unstructured-sparse runs (N = non-zero
+  parameters / 1e6, D = tokens / 1e9, the notebook's normalisation style)."""
+  st = data_mod.spec_table(runs.compression.unique())
+  ok = st.index[(st.kind == "dense") | ((st.kind == "sparse") & st.nm.isna())]
+  sub = runs[runs.compression.isin(ok)]
+  S = st.loc[sub.compression, "sparsity"].to_numpy(float)
+  if len(np.unique(S)) < 2:
+    return
+  try:
+    fits["sparse"] = neighbours.fit_sparse(
+      S, sub.N.to_numpy() * (1 - S) / 1e6, sub.D.to_numpy() / 1e9, sub.loss.to_numpy()
+    )
+  except FitError as e:
+    notes.append(f"sparse law (Frantar et al. 2023) skipped: {e}")
+
+
+def _qat_fits(runs, table, notes) -> dict:
+  """Chen et al. QAT law for each quantization recipe run at several group sizes."""
+  out = {}
+  st = data_mod.spec_table(runs.compression.unique())
+  fam = st.quant_term.dropna().str.replace(r"-g\d+", "", regex=True)
+  fam = fam[st.loc[fam.index, "sparse_term"].isna()]
+  for family, members in fam.groupby(fam).groups.items():
+    if len(members) < 2:  # one group setting: gamma_G is not identifiable
+      continue
+    sub = runs[runs.compression.isin(members)]
+    try:
+      out[f"qat_{family}"] = neighbours.fit_qat(sub, table.attrs["base"], who=f"fit_qat({family})")
+    except FitError as e:
+      notes.append(f"QAT law for {family} skipped: {e}")
+  return out
+
+
+def _figures(out_dir, runs, table, held, gm, fits, notes) -> list[str]:
+  files = []
+
+  def emit(name, make):
+    try:
+      files.extend(plots.save(make(), os.path.join(out_dir, name)))
+    except (FitError, KeyError, ValueError) as e:
+      notes.append(f"figure {name} skipped: {e}")
+
+  emit("loss_vs_N", lambda: plots.loss_vs_N(runs, table))
+  kinds = set(table.kind)
+  if kinds & {"weight", "weight+act"}:
+    emit("eff_vs_bits", lambda: plots.eff_vs_bits(table, fits.get("kumar")))
+  if "sparse" in kinds:
+    emit("eff_vs_sparsity", lambda: plots.eff_vs_sparsity(table, fits.get("sparse")))
+  if gm is not None:
+    emit("eff_vs_gmse", lambda: plots.eff_vs_gmse(table, gm, fits.get("capacity")))
+  if held is not None:
+
+    def pred_fig():
+      rest = runs[~runs.index.isin(held.index)].copy()
+      rest["pred"] = eff_mod.predict_loss(table, rest.N, rest.D, rest.compression.to_numpy())
+      rest["held_out"] = False
+      h = held.assign(held_out=True)
+      return plots.pred_vs_measured(pd.concat([rest, h]))
+
+    emit("pred_vs_measured", pred_fig)
+  for name, fit in fits.items():
+    if name.startswith("qat_"):
+      emit(f"qat_delta_{name[4:]}", lambda fit=fit: plots.qat_delta(fit))
+  emit("eff_per_bit", lambda: plots.eff_per_bit(table))
+  return files
