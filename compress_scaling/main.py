@@ -50,11 +50,11 @@ def main(argv):
   # ABSLHandler delegates to its python_handler, so the filter goes there.
   logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
   maybe_initialize_distributed()
-  from compress_scaling import config_lib, train  # noqa: PLC0415
+  from compress_scaling import checkpoint, config_lib, train  # noqa: PLC0415
 
   try:
     entry = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, train.WorkdirError, checkpoint.CheckpointError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

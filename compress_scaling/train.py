@@ -25,6 +25,10 @@ RUN_META = "run.json"  # run_id, created and the config of the first start, chec
 FINISHED = ("complete", "diverged")
 
 
+class WorkdirError(RuntimeError):
+  """The workdir holds something this run must not overwrite."""
+
+
 def _read_json(path: str) -> dict | None:
   if not os.path.exists(path):
     return None
@@ -40,7 +44,7 @@ def _run_meta(workdir: str, config) -> dict:
   if meta is not None:
     if meta["config_hash"] != digest:
       diff = sorted(_diff(meta["config"], cfg))
-      raise config_lib.ConfigError(
+      raise WorkdirError(
         f"workdir {workdir} holds a run with a different config (fields {', '.join(diff)}); "
         "use a new workdir, nothing was changed"
       )
@@ -88,7 +92,12 @@ class _Summaries:
 def train_and_evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   entry_path = os.path.join(workdir, LOG_ENTRY)
-  existing = _read_json(entry_path) if os.path.exists(entry_path) else None
+  existing = None
+  if os.path.exists(entry_path):
+    try:
+      existing = logbook.read_entry(entry_path)
+    except ValueError as e:
+      raise WorkdirError(f"{e}; not training over it (move it away to retrain)") from e
   if existing is not None and existing.get("status") in FINISHED:
     logging.info(
       "%s is finished (status %s, eval loss %s); nothing to do",
@@ -129,22 +138,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = log_entry.Progress.from_dict(position)
     logging.info("resumed %s from step %d", workdir, progress.step)
 
-  train_step, eval_step = setup.jit_train_step(), setup.jit_eval_step()
   summaries = _Summaries(workdir)
-  status, message = _loop(
-    setup,
-    config,
-    state_box := [state],
-    progress,
-    batches,
-    eval_batches,
-    train_step,
-    eval_step,
-    step_key,
-    ckpt,
-    summaries,
-  )
-  state = state_box[0]
+  loop = _Loop(setup, batches, eval_batches, ckpt, summaries, progress, step_key)
+  status, message, state = loop.run(state)
   ckpt.close()
   summaries.close()
   entry = log_entry.build(meta, status, setup, corpus, state, progress, message)
@@ -161,6 +157,103 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return entry
 
 
+class _Loop:
+  """Runs train steps until total_steps, divergence or SIGTERM.
+
+  Metrics of step n are read after step n+1 is dispatched (as nanodo does), except at eval /
+  checkpoint boundaries, where they are checked first so that no non-finite state is ever
+  evaluated or saved.
+  """
+
+  def __init__(self, setup, batches, eval_batches, ckpt, summaries, progress, step_key):
+    self.setup, self.config = setup, setup.config
+    self.batches, self.eval_batches = batches, eval_batches
+    self.ckpt, self.summaries, self.progress, self.step_key = ckpt, summaries, progress, step_key
+    self.train_step, self.eval_step = setup.jit_train_step(), setup.jit_eval_step()
+
+  def run(self, state):
+    """Returns (status, message, state)."""
+    c, progress = self.config, self.progress
+    tokens_per_step = c.batch_size * c.seq_len
+    bar = None
+    if jax.process_index() == 0:
+      bar = tqdm.tqdm(
+        total=c.total_steps, initial=progress.step, disable=None, dynamic_ncols=True, desc="train"
+      )
+    self.bar = bar
+    t_session = time.perf_counter()
+    t_timed, timed_steps = None, 0  # throughput excludes the first (compiling) step
+    pending = None  # (step, metrics) of the last dispatched step
+    with steps.Preemption() as preemption, _closing(bar):
+      while progress.step < c.total_steps:
+        step = progress.step
+        batch = self.setup.global_batch(self.batches.train(step))
+        with self.setup.mesh:
+          state, metrics = self.train_step(state, batch, self.step_key)
+        if pending is not None and (problem := self._check(*pending)):
+          return "diverged", problem, state
+        pending, progress.step = (step + 1, metrics), step + 1
+        if t_timed is None:
+          jax.block_until_ready(metrics)
+          t_timed = time.perf_counter()
+        else:
+          timed_steps += 1
+        if bar is not None:
+          bar.update(1)
+        at_eval = progress.step % c.eval_every == 0 or progress.step == c.total_steps
+        at_save = progress.step % c.checkpoint_every == 0 or progress.step == c.total_steps
+        if not (at_eval or at_save or preemption.requested):
+          continue
+        if problem := self._check(*pending):
+          return "diverged", problem, state
+        pending = None
+        # Stop the throughput clock before eval and checkpointing.
+        progress.add_time(timed_steps * tokens_per_step, time.perf_counter() - t_timed)
+        if at_eval:
+          loss, n = steps.evaluate(self.setup, self.eval_step, state, self.eval_batches)
+          progress.record_eval(progress.step, loss, n)
+          self.summaries.scalars(progress.step, {"eval/loss": loss})
+          logging.info("step %d: eval loss %.4f over %d tokens", progress.step, loss, n)
+        progress.add_wall(time.perf_counter() - t_session)
+        t_session = time.perf_counter()
+        if at_save or preemption.requested:
+          self.ckpt.save(progress.step, state, progress.to_dict(self.batches.corpus.fingerprint))
+        if preemption.requested:
+          self.ckpt.wait()
+          return "stopped", f"stopped by SIGTERM at step {progress.step}; checkpoint saved", state
+        t_timed, timed_steps = time.perf_counter(), 0
+    if pending is not None and (problem := self._check(*pending)):
+      return "diverged", problem, state
+    return "complete", "", state
+
+  def _check(self, step: int, metrics) -> str | None:
+    """None if step's metrics are finite (and logs them), else the divergence message."""
+    m = jax.device_get(metrics)
+    loss = float(m["loss"])
+    if not (math.isfinite(loss) and bool(m["params_finite"])):
+      p = self.progress
+      return (
+        f"loss became {loss} (params finite: {bool(m['params_finite'])}) at step {step}; "
+        f"the last finite loss was at step {p.last_finite_step} ({p.last_train_loss}); "
+        f"diverged between steps {p.last_finite_step} and {step}; "
+        f"last good checkpoint: step {self.ckpt.latest_step()}"
+      )
+    self.progress.record_train(step, loss)
+    if step % self.config.log_every == 0 or step == self.config.total_steps:
+      values = {
+        "train/loss": loss,
+        "train/lr": float(m["lr"]),
+        "train/grad_norm": float(m["grad_norm"]),
+      }
+      self.summaries.scalars(step, values)
+      line = f"step {step:6d}  loss {loss:.4f}  lr {values['train/lr']:.2e}"
+      if self.bar is not None and not self.bar.disable:
+        self.bar.write(line)
+      else:
+        logging.info(line)
+    return None
+
+
 @contextlib.contextmanager
 def _closing(bar):
   try:
@@ -168,115 +261,3 @@ def _closing(bar):
   finally:
     if bar is not None:
       bar.close()
-
-
-def _loop(
-  setup,
-  config,
-  state_box,
-  progress,
-  batches,
-  eval_batches,
-  train_step,
-  eval_step,
-  step_key,
-  ckpt,
-  summaries,
-):
-  """Runs steps until total_steps, divergence or SIGTERM; returns (status, message)."""
-  tokens_per_step = config.batch_size * config.seq_len
-  bar = (
-    tqdm.tqdm(
-      total=config.total_steps,
-      initial=progress.step,
-      disable=None,
-      dynamic_ncols=True,
-      desc="train",
-    )
-    if jax.process_index() == 0
-    else None
-  )
-  t_session = time.perf_counter()
-  t_timed, timed_steps = None, 0  # throughput excludes the first (compiling) step
-  pending = None  # metrics of the last dispatched step, read after the next is queued
-
-  def save():
-    ckpt.save(progress.step, state_box[0], progress.to_dict(corpus_fingerprint))
-
-  corpus_fingerprint = batches.corpus.fingerprint
-
-  def check(step_metrics) -> str | None:
-    step, metrics = step_metrics
-    m = jax.device_get(metrics)
-    if not (math.isfinite(float(m["loss"])) and bool(m["params_finite"])):
-      last = ckpt.latest_step()
-      return (
-        f"loss became {m['loss']} (params finite: {bool(m['params_finite'])}) at step "
-        f"{step}; the last finite loss was at step {progress.last_finite_step} "
-        f"({progress.last_train_loss}); diverged between steps {progress.last_finite_step} "
-        f"and {step}; last good checkpoint: step {last}"
-      )
-    progress.record_train(step, float(m["loss"]))
-    if step % config.log_every == 0 or step == config.total_steps:
-      summaries.scalars(
-        step,
-        {
-          "train/loss": float(m["loss"]),
-          "train/lr": float(m["lr"]),
-          "train/grad_norm": float(m["grad_norm"]),
-        },
-      )
-      line = f"step {step:6d}  loss {float(m['loss']):.4f}  lr {float(m['lr']):.2e}"
-      (bar.write(line) if bar is not None and not bar.disable else logging.info(line))
-    return None
-
-  with steps.Preemption() as preemption, _closing(bar):
-    while progress.step < config.total_steps:
-      step = progress.step
-      batch = setup.global_batch(batches.train(step))
-      with setup.mesh:
-        state_box[0], metrics = train_step(state_box[0], batch, step_key)
-      if pending is not None and (problem := check(pending)):
-        return "diverged", problem
-      pending = (step + 1, metrics)
-      progress.step = step + 1
-      if t_timed is None:
-        jax.block_until_ready(metrics)
-        t_timed = time.perf_counter()
-      else:
-        timed_steps += 1
-      if bar is not None:
-        bar.update(1)
-      boundary = (
-        progress.step % config.eval_every == 0
-        or progress.step % config.checkpoint_every == 0
-        or progress.step == config.total_steps
-        or preemption.requested
-      )
-      if not boundary:
-        continue
-      if problem := check(pending):
-        return "diverged", problem
-      pending = None
-      if progress.step % config.eval_every == 0 or progress.step == config.total_steps:
-        loss, n = steps.evaluate(setup, eval_step, state_box[0], eval_batches)
-        progress.record_eval(progress.step, loss, n)
-        summaries.scalars(progress.step, {"eval/loss": loss})
-        logging.info("step %d: eval loss %.4f over %d tokens", progress.step, loss, n)
-      if t_timed is not None and timed_steps:
-        progress.add_time(timed_steps * tokens_per_step, time.perf_counter() - t_timed)
-        t_timed, timed_steps = time.perf_counter(), 0
-      progress.add_wall(time.perf_counter() - t_session)
-      t_session = time.perf_counter()
-      if (
-        progress.step % config.checkpoint_every == 0
-        or progress.step == config.total_steps
-        or preemption.requested
-      ):
-        save()
-      if preemption.requested:
-        ckpt.wait()
-        return "stopped", f"stopped by SIGTERM at step {progress.step}; checkpoint saved"
-  if pending is not None and (problem := check(pending)):
-    return "diverged", problem
-  return "complete", ""

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from compress_scaling import config_lib, data, steps, train
+from compress_scaling import config_lib, data, logbook, steps, train
 from configs import smoke
 
 # Golden metrics of the first three steps of smoke at batch 4 x 32 (seed 0). If a change is
@@ -62,6 +62,18 @@ def test_smoke_loss_falls_and_entry(tmp_path):
   assert (
     on_disk["run_id"] == entry["run_id"] and on_disk["schema"] == "compress_scaling/log_entry/v1"
   )
+  # The fitting side reads it back: one row with the law's columns.
+  row = logbook.read_runs(str(tmp_path / "**" / "log_entry.json")).iloc[0]
+  assert (row["run_id"], row["compression"], row["status"]) == (
+    entry["run_id"],
+    "dense",
+    "complete",
+  )
+  assert (row["N"], row["D"], row["loss"]) == (
+    m["n_params"],
+    d["tokens_seen"],
+    entry["eval"]["loss"],
+  )
   # Re-running a finished workdir reports it and changes nothing.
   before = {p: os.stat(p).st_mtime_ns for p in map(str, tmp_path.rglob("*"))}
   again = train.train_and_evaluate(c, str(tmp_path))
@@ -81,7 +93,7 @@ def test_resume_with_different_config_is_refused(tmp_path):
     "config_hash": config_lib.config_hash(other),
   }
   (tmp_path / "run.json").write_text(json.dumps(meta))
-  with pytest.raises(config_lib.ConfigError, match="different config .*fields seed"):
+  with pytest.raises(train.WorkdirError, match="different config .*fields seed"):
     train.train_and_evaluate(c, str(tmp_path))
   assert json.loads((tmp_path / "run.json").read_text()) == meta
   assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
@@ -112,3 +124,11 @@ def test_nan_stops_run_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   # A diverged workdir is finished: re-running reports it and does not train again.
   monkeypatch.setattr(steps.Setup, "jit_train_step", original)
   assert train.train_and_evaluate(smoke.get_config(), str(tmp_path)) == entry
+
+
+def test_corrupt_log_entry_is_not_overwritten(tmp_path):
+  (tmp_path / "log_entry.json").write_text('{"schema": "compress_scaling/log_entry/v1", "sta')
+  with pytest.raises(train.WorkdirError, match="log_entry.json"):
+    train.train_and_evaluate(smoke.get_config(), str(tmp_path))
+  assert (tmp_path / "log_entry.json").read_text().endswith('"sta')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["log_entry.json"]
