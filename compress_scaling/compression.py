@@ -11,7 +11,8 @@ A spec string is `+`-joined terms: `dense`; one quantization term `wXaY[-modifie
 Per-layer rules (`compression_rules` in the config) override the spec on layers whose path
 matches a glob, e.g. Chen et al. 2025's "MLP output projection input at 8 bits while the rest
 is W4A4" is `compression=w4a4`, `compression_rules="*/mlp/out=w4a8"`. Layer paths look like
-`block_3/attn/q`, `block_3/mlp/out`, `lm_head`, and for the two attention matmuls
+`block_3/attn/q`, `block_3/mlp/out`, `lm_head`, `embed` (the lookup table: weights and
+sparsity only, one scale per token vector), and for the two attention matmuls
 `block_3/attn/scores` (q·k) and `block_3/attn/values` (probs·v). By default only the block
 projections are compressed; a rule opts the head or the attention matmuls in (there the `w`
 side quantizes the rhs operand, keys or values, and the `a` side queries or probabilities).
@@ -195,6 +196,57 @@ class InjectedDotGeneral(nn.Module):
     return self.make_rng("quant")
 
 
+class CompressedTable(nn.Module):
+  """Masks and fake-quantizes an embedding table [V, D] for lookups: one scale per row
+  (per token vector, shared over D), the mask in the `masks` collection as for kernels."""
+
+  compression: Compression
+  axes: tuple[str | None, ...]
+
+  @nn.compact
+  def __call__(self, table_VxD):
+    c = self.compression
+    mask = None
+    if c.sparsity is not None:
+      mask = self.variable(
+        "masks",
+        "mask",
+        nn.with_logical_partitioning(lambda: jnp.ones(table_VxD.shape, bool), self.axes),
+      ).value
+      table_VxD = jnp.where(mask, table_VxD, jnp.zeros_like(table_VxD))
+    key = self.make_rng("quant") if c.weights and c.weights.rounding == "stochastic" else None
+    return quant.quantize(table_VxD, c.weights, axis=1, mask=mask, key=key)
+
+
+def make_dot_general(
+  lhs_spec: quant.QuantSpec | None = None, rhs_spec: quant.QuantSpec | None = None
+):
+  """A plain fake-quant `dot_general` (lhs = activations, rhs = weights), e.g. for
+  `nn.Dense(dot_general=make_dot_general(a_spec, w_spec))` outside a Plan: each side is
+  quantized with its scale shared over its contraction axes. Deterministic specs only."""
+  for side, spec in (("lhs", lhs_spec), ("rhs", rhs_spec)):
+    if spec is not None and spec.rounding == "stochastic":
+      raise ValueError(
+        f"make_dot_general: {side}_spec uses stochastic rounding, which needs a "
+        "PRNG key; use a Plan (InjectedDotGeneral) instead"
+      )
+
+  def dot_general(
+    lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs
+  ):
+    del kwargs
+    (lhs_contract, rhs_contract), _ = dimension_numbers
+    return lax.dot_general(
+      quant.quantize(lhs, lhs_spec, axis=tuple(lhs_contract)),
+      quant.quantize(rhs, rhs_spec, axis=tuple(rhs_contract)),
+      dimension_numbers,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+    )
+
+  return dot_general
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Which compression each matmul gets; hands each layer its `dot_general`.
@@ -226,6 +278,14 @@ class Plan:
       InjectedDotGeneral, comp, tuple(kernel_axes), self.serving, name=MASK_MODULE
     )
 
+  def table_transform(self, path: str, axes):
+    """For an embedding table (path `embed`): the masking / quantizing module, or the
+    identity when uncompressed. Call inside setup / a compact method."""
+    comp = self.for_layer(path)
+    if comp.is_dense:
+      return lambda table: table
+    return CompressedTable(comp, tuple(axes), name=MASK_MODULE)
+
   def dot_general(self, path: str):
     """For matmuls without a kernel (attention scores / values), called inside a compact
     method: the injected module (named after the matmul), or lax.dot_general."""
@@ -240,37 +300,48 @@ class Plan:
 # --------------------------------------------------------------------------- masks ----------
 
 
-def _kernel_path(mask_path: tuple[str, ...]) -> tuple[str, ...]:
-  # <layer>/dense/compress/mask  ->  <layer>/dense/kernel
-  assert mask_path[-2:] == (MASK_MODULE, "mask"), mask_path
-  return mask_path[:-2] + ("kernel",)
-
-
 def _path_keys(path) -> tuple[str, ...]:
   return tuple(str(getattr(k, "key", k)) for k in path)
 
 
+def _owner(mask_path: tuple[str, ...]) -> tuple[str, ...]:
+  """The module holding the masked weight: <layer>/dense for kernels, `embed` for tables."""
+  assert mask_path[-2:] == (MASK_MODULE, "mask"), mask_path
+  return mask_path[:-2]
+
+
 def layer_of(mask_path: tuple[str, ...]) -> str:
-  return "/".join(mask_path[:-3])
+  owner = _owner(mask_path)
+  return "/".join(owner[:-1] if owner[-1] == "dense" else owner)
+
+
+def _weight_paths(params, masks) -> dict[tuple[str, ...], tuple[str, ...]]:
+  """mask path -> path of the one parameter of its owner (the kernel or the table)."""
+  owners: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+  for p, _ in jax.tree_util.tree_leaves_with_path(params):
+    keys = _path_keys(p)
+    owners.setdefault(keys[:-1], []).append(keys)
+  out = {}
+  for p, _ in jax.tree_util.tree_leaves_with_path(masks):
+    keys = _path_keys(p)
+    (weight,) = owners[_owner(keys)]
+    out[keys] = weight
+  return out
 
 
 def kernels_for_masks(params, masks) -> dict[tuple[str, ...], jax.Array]:
   flat = {_path_keys(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
-  return {
-    _path_keys(p): flat[_kernel_path(_path_keys(p))]
-    for p, _ in jax.tree_util.tree_leaves_with_path(masks)
-  }
+  return {m: flat[w] for m, w in _weight_paths(params, masks).items()}
 
 
 def apply_masks(params, masks):
   """Zeroes pruned weights (after every optimizer update, so they stay exactly zero)."""
   if not masks:
     return params
-  by_kernel = {
-    _kernel_path(_path_keys(p)): m for p, m in jax.tree_util.tree_leaves_with_path(masks)
-  }
+  flat_masks = {_path_keys(p): m for p, m in jax.tree_util.tree_leaves_with_path(masks)}
+  by_weight = {w: flat_masks[m] for m, w in _weight_paths(params, masks).items()}
   return jax.tree_util.tree_map_with_path(
-    lambda p, w: jnp.where(by_kernel[_path_keys(p)], w, 0) if _path_keys(p) in by_kernel else w,
+    lambda p, w: jnp.where(by_weight[k], w, 0) if (k := _path_keys(p)) in by_weight else w,
     params,
   )
 

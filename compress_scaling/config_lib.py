@@ -6,6 +6,7 @@ Every problem is reported at once, each naming the field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 
@@ -163,6 +164,23 @@ def validate(c, n_devices: int) -> Resolved:
         f"eval_serving=True: the integer serving path needs integer formats with nearest "
         f"rounding; {spec.numerics} {spec.fmt or ''} {spec.rounding} is not one",
       )
+  if plan is not None:
+    embed = plan.for_layer("embed")
+    _check(
+      errors,
+      embed.activations is None,
+      f"compression_rules: embed={embed}: an embedding lookup has no activation operand; "
+      "only weight quantization and sparsity apply",
+    )
+    _check(
+      errors,
+      not (
+        c.model.tie_embeddings
+        and any(fnmatch.fnmatchcase("lm_head", pattern) for pattern, _ in plan.rules)
+      ),
+      "compression_rules: with model.tie_embeddings the head reuses the embedding table; "
+      "compress it with an 'embed=...' rule, not 'lm_head=...'",
+    )
   if dims is not None and plan is not None and not errors:
     errors += _check_compression_shapes(plan, dims, c.seq_len)
   if errors:

@@ -70,11 +70,15 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def _sparsity_counts(masks) -> tuple[int, int]:
-  """(kept, total) entries over all masks actually applied."""
-  leaves = jax.tree_util.tree_leaves(masks)
-  kept = sum(int(np.asarray(jax.device_get(m)).sum()) for m in leaves)
-  return kept, sum(int(m.size) for m in leaves)
+def _sparsity_counts(masks, non_embedding_only: bool = False) -> tuple[int, int]:
+  """(kept, total) entries over the masks actually applied."""
+  kept = total = 0
+  for path, m in jax.tree_util.tree_leaves_with_path(masks):
+    if non_embedding_only and str(getattr(path[0], "key", path[0])) in model.EMBEDDING_PARAMS:
+      continue
+    kept += int(np.asarray(jax.device_get(m)).sum())
+    total += int(m.size)
+  return kept, total
 
 
 def _model_bits(plan: compression.Plan, params) -> float:
@@ -100,6 +104,7 @@ def build(
   dims = resolved.model.dims
   n_params, n_params_total = model.count_params(state["params"])
   kept, masked = _sparsity_counts(state["masks"])
+  kept_n, masked_n = _sparsity_counts(state["masks"], non_embedding_only=True)
   plan = resolved.plan
   comp = plan.default.to_dict()
   comp["rules"] = [[pattern, str(c)] for pattern, c in plan.rules]
@@ -128,7 +133,7 @@ def build(
       "vocab_size": resolved.model.vocab_size,
       "n_params": n_params,
       "n_params_total": n_params_total,
-      "n_nonzero": n_params - (masked - kept),
+      "n_nonzero": n_params - (masked_n - kept_n),  # N and n_nonzero exclude embeddings
       "bits_per_param": _model_bits(plan, state["params"]),
     },
     "data": {

@@ -156,6 +156,31 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x_BxLxD + h_BxLxD, ("batch", "length", "embed"))
 
 
+class Embedding(nn.Module):
+  """Token embedding [V, D]; its table passes through the plan (path `embed`, uncompressed by
+  default) for lookups and, when tied, for the output projection."""
+
+  vocab_size: int
+  d_model: int
+  plan: compression.Plan
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+      "embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+      (self.vocab_size, self.d_model),
+    )
+    self.compress = self.plan.table_transform("embed", ("vocab", "embed"))
+
+  def __call__(self, tokens_BxL):
+    return jnp.take(self.compress(self.embedding), tokens_BxL, axis=0).astype(self.dtype)
+
+  def attend(self, x_BxLxD):
+    table_VxD = self.compress(self.embedding).astype(self.dtype)
+    return jnp.einsum("bld,vd->blv", x_BxLxD, table_VxD)
+
+
 class Transformer(nn.Module):
   """tokens [B, L] int32 -> next-token logits [B, L, V] float32."""
 
@@ -165,15 +190,7 @@ class Transformer(nn.Module):
   @nn.compact
   def __call__(self, tokens_BxL):
     cfg = self.cfg
-    embed = nn.Embed(
-      cfg.vocab_size,
-      cfg.dims.d_model,
-      dtype=cfg.dtype,
-      embedding_init=nn.with_logical_partitioning(
-        nn.initializers.normal(stddev=1.0), ("vocab", "embed")
-      ),
-      name="embed",
-    )
+    embed = Embedding(cfg.vocab_size, cfg.dims.d_model, self.plan, cfg.dtype, name="embed")
     x_BxLxD = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "embed"))
     for i in range(cfg.dims.n_layers):
       x_BxLxD = Block(cfg, self.plan, name=f"block_{i}")(x_BxLxD)

@@ -1,12 +1,13 @@
 """Quantization inside training: specs train and are logged, per-layer rules, attention
 matmuls by rule, the integer serving path and the eval diagnostics."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compress_scaling import compression, config_lib, model, sizes, train
+from compress_scaling import compression, config_lib, model, quant, sizes, train
 from configs import smoke
 
 
@@ -112,6 +113,11 @@ def test_serving_path_and_diagnostics(tmp_path):
       {"compression": "w4a4", "compression_rules": "*/attn/scores=s50"},
       "multiplies two activations; sparsity",
     ),
+    ({"compression_rules": "embed=w8a8"}, "embedding lookup has no activation operand"),
+    (
+      {"compression_rules": "lm_head=w8a16", "model.tie_embeddings": True},
+      "compress it with an 'embed=...' rule",
+    ),
     ({"compression": "w4a4-g48"}, "group size 48 does not divide the contraction dim 64"),
     ({"compression": "w4a16+2:3"}, "m=3 does not divide the contraction dim 64"),
   ],
@@ -119,7 +125,42 @@ def test_serving_path_and_diagnostics(tmp_path):
 def test_compression_config_errors(fields, needle):
   c = smoke.get_config()
   for key, value in fields.items():
-    c[key] = value
+    if key.startswith("model."):
+      c.model[key[6:]] = value
+    else:
+      c[key] = value
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c, 1)
   assert needle in str(e.value), str(e.value)
+
+
+def test_embedding_table_quantized_by_rule():
+  """`embed=w4a16` quantizes the lookup table per token vector: every row of the looked-up
+  embeddings then holds at most 15 distinct values (int4 levels -7..7 times its scale)."""
+  cfg = model.ModelConfig(dims=sizes.Dims(32, 1, 4, 4, 64), vocab_size=64)
+  tokens = jnp.arange(64, dtype=jnp.int32)[None]
+  dense = model.Transformer(cfg, compression.Plan())
+  variables = dense.init(jax.random.key(0), tokens)
+  table = np.asarray(nn.meta.unbox(variables["params"])["embed"]["embedding"])
+  quantized = model.Transformer(cfg, compression.Plan.from_config("dense", "embed=w4a16"))
+  _, sown = quantized.apply(
+    variables, tokens, capture_intermediates=True, mutable=["intermediates"]
+  )
+  rows = np.asarray(sown["intermediates"]["embed"]["__call__"][0][0])
+  assert rows.shape == table.shape
+  for row, ref in zip(rows, table):
+    assert len(np.unique(row)) <= 15
+    scale = np.abs(ref).max() / 7.5  # AQT int4 convention (quant/spec.py)
+    np.testing.assert_allclose(row, np.clip(np.round(ref / scale), -7, 7) * scale, rtol=1e-5)
+
+
+def test_make_dot_general_in_plain_dense():
+  w_spec, a_spec = quant.parse_quant_term("w4a8")
+  x = jax.random.normal(jax.random.key(1), (3, 16))
+  layer = nn.Dense(8, use_bias=False, dot_general=compression.make_dot_general(a_spec, w_spec))
+  params = layer.init(jax.random.key(2), x)
+  out = layer.apply(params, x)
+  w = params["params"]["kernel"]
+  expected = quant.quantize(x, a_spec, axis=1) @ quant.quantize(w, w_spec, axis=0)
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
+  assert not np.allclose(out, x @ w, rtol=1e-3)

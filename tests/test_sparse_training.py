@@ -76,3 +76,16 @@ def test_masks_identical_after_kill_and_resume(tmp_path):
   assert read_entry(killed)["eval"]["loss"] == pytest.approx(
     read_entry(ref)["eval"]["loss"], rel=1e-6
   )
+
+
+def test_embedding_pruned_by_rule(tmp_path):
+  """Embeddings are off by default and prunable by rule, with the same exact density."""
+  c = smoke.get_config()
+  c.compression, c.compression_rules = "dense", "embed=s75-static"
+  entry = train.train_and_evaluate(c, str(tmp_path))
+  pruned = _pruned_kernels(_final_state(c, tmp_path))
+  assert list(pruned) == [("embed", compression.MASK_MODULE, "mask")]
+  w, m = pruned[("embed", compression.MASK_MODULE, "mask")]
+  assert w.shape == (256, 64) and m.mean() == 0.25 and np.all(w[~m] == 0)
+  assert entry["compression"]["achieved_sparsity"] == 0.75
+  assert entry["model"]["n_nonzero"] == entry["model"]["n_params"]  # N excludes embeddings
