@@ -9,6 +9,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
+import os
 
 import jax.numpy as jnp
 
@@ -53,6 +54,65 @@ def _check(errors: list[str], ok: bool, message: str) -> None:
     errors.append(message)
 
 
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def _check_data(errors: list[str], d):
+  """Checks the data fields; returns the tokenizer (None if it cannot be loaded)."""
+  _check(
+    errors, d.source in data.SOURCES, f"data.source={d.source!r}: allowed {', '.join(data.SOURCES)}"
+  )
+  _check(errors, 0 < d.val_percent < 100, f"data.val_percent={d.val_percent}: allowed 1..99")
+  _check(
+    errors,
+    isinstance(d.docs_per_row, int) and d.docs_per_row >= 0,
+    f"data.docs_per_row={d.docs_per_row!r}: allowed 0 (from the mean document length) or a "
+    "positive integer",
+  )
+  # Remote paths (gs://) are not checked for existence (that needs the network and a GCS
+  # filesystem); the tokenizer and the dataset are opened below, and a failure names the field.
+  tokenizer_found = d.tokenizer in data.TOKENIZERS or (
+    bool(d.tokenizer) and (_is_remote(d.tokenizer) or os.path.isfile(d.tokenizer))
+  )
+  _check(
+    errors,
+    tokenizer_found,
+    f"data.tokenizer={d.tokenizer!r}: allowed {', '.join(map(repr, data.TOKENIZERS))} or the "
+    "path (local or gs://) of a SentencePiece .model file; no such file",
+  )
+  if d.source == "tfds":
+    n_errors = len(errors)
+    _check(
+      errors,
+      bool(d.data_dir),
+      "data.data_dir='': data.source='tfds' reads a dataset prepared (array_record) under a "
+      "local or gs:// directory; nothing is downloaded. Set data.data_dir",
+    )
+    _check(
+      errors,
+      not d.data_dir or _is_remote(d.data_dir) or os.path.isdir(d.data_dir),
+      f"data.data_dir={d.data_dir!r}: no such directory",
+    )
+    for field in ("tfds_name", "train_split", "val_split", "text_key"):
+      _check(
+        errors,
+        isinstance(d[field], str) and bool(d[field]),
+        f"data.{field}={d[field]!r}: must be a non-empty string for data.source='tfds'",
+      )
+    if len(errors) == n_errors:  # open the dataset: its name, format, splits and text feature
+      from compress_scaling import data_tfds  # noqa: PLC0415 -- imports tfds
+
+      errors += data_tfds.check(d)
+  if not tokenizer_found:
+    return None
+  try:
+    return data.make_tokenizer(d.tokenizer)
+  except ValueError as e:
+    errors.append(str(e))
+    return None
+
+
 def validate(c, n_devices: int) -> Resolved:
   """Returns the resolved model/plan/mesh or raises ConfigError listing every problem."""
   errors: list[str] = []
@@ -91,19 +151,7 @@ def validate(c, n_devices: int) -> Resolved:
   _check(
     errors, c.model.dtype in DTYPES, f"model.dtype={c.model.dtype!r}: allowed {', '.join(DTYPES)}"
   )
-  _check(
-    errors,
-    c.data.source in data.SOURCES,
-    f"data.source={c.data.source!r}: allowed {', '.join(data.SOURCES)}",
-  )
-  _check(
-    errors,
-    c.data.tokenizer in data.TOKENIZERS,
-    f"data.tokenizer={c.data.tokenizer!r}: allowed {', '.join(data.TOKENIZERS)}",
-  )
-  _check(
-    errors, 0 < c.data.val_percent < 100, f"data.val_percent={c.data.val_percent}: allowed 1..99"
-  )
+  tokenizer = _check_data(errors, c.data)
 
   dims = plan = mesh_shape = None
   try:
@@ -120,8 +168,15 @@ def validate(c, n_devices: int) -> Resolved:
     errors.append(str(e))
 
   vocab = c.model.vocab_size
-  if vocab == 0 and c.data.tokenizer in data.TOKENIZERS:
-    vocab = data.make_tokenizer(c.data.tokenizer).vocab_size
+  if tokenizer is not None:
+    if vocab == 0:
+      vocab = tokenizer.vocab_size
+    _check(
+      errors,
+      vocab >= tokenizer.vocab_size,
+      f"model.vocab_size={vocab} is smaller than the {tokenizer.vocab_size} ids of "
+      f"data.tokenizer={c.data.tokenizer!r}; use 0 (the tokenizer's) or more",
+    )
   if dims is not None:
     d, h, k = dims.d_model, dims.n_heads, dims.n_kv_heads
     _check(

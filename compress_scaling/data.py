@@ -10,6 +10,10 @@ Batches are a pure function of (seed, step): sample g = step * B + row of the gl
 window perm_epoch[g mod n_windows] of the packed token stream, perm_epoch a permutation seeded
 by (seed, epoch). A resumed run therefore sees exactly the batches it would have seen, and
 each process materialises only its own rows of the global batch.
+
+data.source="tfds" (a prepared TFDS dataset such as C4, read by random access) lives in
+`data_tfds` and is imported only when used; `Batches(corpus, ...)` on its corpus returns its
+batches. Tokenizers ("byte", or a SentencePiece model path) live in `tokenizers`.
 """
 
 from __future__ import annotations
@@ -24,29 +28,15 @@ import tempfile
 
 import numpy as np
 
-SOURCES = ("stdlib",)
-TOKENIZERS = ("byte",)
-EOS = 0  # end-of-document id; NUL bytes are dropped from the text, so 0 is free
+from compress_scaling.tokenizers import (  # noqa: F401 -- re-exported: data.EOS, data.ByteTokenizer
+  EOS,
+  TOKENIZERS,
+  ByteTokenizer,
+  SentencePieceTokenizer,
+  make_tokenizer,
+)
 
-
-class ByteTokenizer:
-  """UTF-8 bytes as ids 1..255 (NUL removed), 0 = end of document."""
-
-  name = "byte"
-  vocab_size = 256
-
-  def encode(self, text: bytes) -> np.ndarray:
-    ids = np.frombuffer(text, dtype=np.uint8)
-    return ids[ids != EOS].astype(np.uint16)
-
-  def decode(self, ids) -> str:
-    return bytes(int(i) for i in ids if i != EOS).decode("utf-8", errors="replace")
-
-
-def make_tokenizer(name: str) -> ByteTokenizer:
-  if name != "byte":
-    raise ValueError(f"data.tokenizer: unknown tokenizer {name!r}; allowed: {TOKENIZERS}")
-  return ByteTokenizer()
+SOURCES = ("stdlib", "tfds")
 
 
 def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
@@ -92,9 +82,11 @@ def load_stdlib(tokenizer_name: str = "byte", val_percent: int = 3, cache_dir: s
     with np.load(cache) as z:
       return Corpus(z["train"], z["val"], fingerprint, len(files), tokenizer.vocab_size)
   splits = {"train": [], "val": []}
-  eos = np.array([EOS], np.uint16)
+  dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
+  eos = np.array([tokenizer.eos_id], dtype)
   for rel, text in texts:
-    splits["val" if is_validation(rel, val_percent) else "train"] += [tokenizer.encode(text), eos]
+    ids = tokenizer.encode(text).astype(dtype, copy=False)
+    splits["val" if is_validation(rel, val_percent) else "train"] += [ids, eos]
   train, val = (np.concatenate(splits[k]) for k in ("train", "val"))
   # Write-then-rename so concurrent runs never read a half-written cache.
   with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npz", delete=False) as f:
@@ -103,14 +95,29 @@ def load_stdlib(tokenizer_name: str = "byte", val_percent: int = 3, cache_dir: s
   return Corpus(train, val, fingerprint, len(files), tokenizer.vocab_size)
 
 
-def load_corpus(data_config) -> Corpus:
+def load_corpus(data_config):
+  """The stdlib `Corpus`, or for data.source="tfds" a `data_tfds.TfdsCorpus`."""
+  if data_config.source == "tfds":
+    from compress_scaling import data_tfds  # noqa: PLC0415 -- tfds is imported only when used
+
+    return data_tfds.load(data_config)
   if data_config.source != "stdlib":
     raise ValueError(f"data.source: unknown source {data_config.source!r}; allowed: {SOURCES}")
   return load_stdlib(data_config.tokenizer, data_config.val_percent, data_config.cache_dir)
 
 
 class Batches:
-  """Deterministic packed batches of shape [rows, seq_len + 1] (inputs = [:, :-1])."""
+  """Deterministic packed batches of shape [rows, seq_len + 1] (inputs = [:, :-1]).
+
+  A corpus that is not held in memory names its own batches class (`batches_class`, e.g. the
+  tfds corpus); `Batches(corpus, ...)` then returns an instance of that class.
+  """
+
+  def __new__(cls, corpus=None, **kwargs):
+    del kwargs
+    if cls is Batches and getattr(corpus, "batches_class", None) is not None:
+      cls = corpus.batches_class
+    return super().__new__(cls)
 
   def __init__(
     self,

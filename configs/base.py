@@ -49,10 +49,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.compression_rules = ""
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "stdlib"  # "stdlib": this interpreter's standard-library sources, offline
-  c.data.tokenizer = "byte"  # "byte" (256 ids + end-of-document)
-  c.data.val_percent = 3  # files whose path hash falls below this percentage are held out
-  c.data.cache_dir = ""  # tokenized-corpus cache; "" = ~/.cache/compress_scaling
+  # "stdlib": this interpreter's standard-library sources, offline. "tfds": a TFDS text
+  # dataset prepared as array_record under data_dir (C4), read by random access, no TensorFlow.
+  c.data.source = "stdlib"
+  # "byte" (256 ids + end-of-document), or the path (local or gs://) of a SentencePiece
+  # .model file, e.g. T5's; its EOS ends each document (compress_scaling/tokenizers.py).
+  c.data.tokenizer = "byte"
+  c.data.val_percent = 3  # stdlib: files whose path hash falls below this percentage are held out
+  c.data.cache_dir = ""  # stdlib: tokenized-corpus cache; "" = ~/.cache/compress_scaling
+  # source="tfds" only (compress_scaling/data_tfds.py); nothing is downloaded or generated.
+  c.data.tfds_name = "c4/en:3.1.0"  # name[/config]:version as tfds.builder takes it
+  c.data.data_dir = ""  # required for tfds: local or gs:// dir holding <name>/<config>/<version>
+  c.data.train_split = "train"  # tfds split names; slices such as "train[:90%]" also work
+  c.data.val_split = "validation"  # eval reads only the first eval_batches windows of it
+  c.data.text_key = "text"  # the feature holding each document's text
+  # Documents owned by each train row (then cut to seq_len + 1 tokens); 0 = ceil((seq_len + 1)
+  # / mean tokens per document over the first 512 train records).
+  c.data.docs_per_row = 0
 
   c.eval_every = 250  # steps between held-out evaluations (and the final one)
   c.eval_batches = 8  # held-out batches of batch_size x seq_len per evaluation
