@@ -192,8 +192,13 @@ def _glob_regex(pattern: str):
 
 
 def _compression_string(comp) -> Any:
+  """The C label of the laws: the spec, plus its per-layer rules when there are any (so Chen
+  et al.'s FC2-at-8-bit runs are not pooled with the plain spec)."""
   if isinstance(comp, dict):
-    return comp.get("spec")
+    rules = comp.get("rules") or []
+    if comp.get("spec") is None or not rules:
+      return comp.get("spec")
+    return comp["spec"] + "[" + ";".join(f"{glob}={spec}" for glob, spec in rules) + "]"
   return comp  # tolerated: a plain spec string
 
 

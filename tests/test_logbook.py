@@ -199,3 +199,12 @@ def test_no_match_warns_and_gives_the_columns(tmp_path):
   with pytest.warns(UserWarning, match="no files match"):
     df = logbook.read_runs(str(tmp_path / "**" / "log_entry.json"))
   assert df.empty and {"run_id", "status", "compression", "N", "D", "loss"} <= set(df.columns)
+
+
+def test_compression_label_carries_per_layer_rules(tmp_path):
+  from compress_scaling import logbook as lb
+
+  entry = {"spec": "w4a4-g32", "rules": [["*/mlp/out", "w4a8-g32"]]}
+  assert lb._compression_string(entry) == "w4a4-g32[*/mlp/out=w4a8-g32]"
+  assert lb._compression_string({"spec": "w4a4-g32", "rules": []}) == "w4a4-g32"
+  assert lb._compression_string("w4a16") == "w4a16"

@@ -82,7 +82,9 @@ def parse_spec(spec: str) -> SpecInfo:
   """Parses `dense`, `wXaY[-gG...]`, `sP`, `n:m` and `+` combinations; ValueError otherwise."""
   if not isinstance(spec, str) or not spec.strip():
     raise ValueError(f"compression spec: expected a string such as 'w4a16+s50', got {spec!r}")
-  spec = spec.strip()
+  # A label may carry per-layer rules, "w4a4-g32[*/mlp/out=w4a8-g32]" (logbook): the fields
+  # describe the global spec.
+  spec = spec.strip().split("[", 1)[0]
   if spec == DENSE:
     return SpecInfo(DENSE)
   fields: dict = {}
