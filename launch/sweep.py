@@ -1,0 +1,439 @@
+"""Runs every config of a sweep, each in its own workdir; re-running resumes the sweep.
+
+  python -m launch.sweep configs/sweeps/unified.py:mini --out DIR [--dry_run] [--jobs K]
+      [--only REGEX] [--slice I/N] [--config.<field>=<value> ...]
+
+Run from the repository root. Each run r of `runs(arg)` (configs/sweeps/common.py) trains as
+
+  python -m compress_scaling.main --config=configs/base.py --workdir=DIR/<r.name> \
+      --config.<field>=<value> ...   (r.overrides, then the --config.* given here)
+
+so the printed command reproduces the run without this tool. A run whose
+DIR/<name>/log_entry.json says "complete" or "diverged" is skipped (main would leave it
+untouched anyway); a killed sweep therefore resumes where it stopped, and a run interrupted
+mid-way resumes from its newest checkpoint. A run that exits non-zero (or stops without
+finishing) is recorded in DIR/failures.json (exit code, command, the tail of its output) and the
+sweep goes on; the sweep exits 1 if any run failed. A later success removes the run from the
+file. A finished run whose log entry records other values for the run's override fields than
+the sweep now sets (the sweep was edited) is not counted done: it is reported STALE, recorded
+in failures.json, and left alone (move its workdir away to retrain it). Each run's console
+output goes to DIR/_logs/<name>.log (for a gs:// DIR: a local folder, printed at start).
+
+--only REGEX keeps runs whose name matches (re.search); --slice I/N keeps runs I, I+N, I+2N, ...
+(0 <= I < N, after --only): N machines each take one slice. --jobs K runs K at a time (default
+1: on a 2-core box parallel runs only slow each other down). --dry_run prints the commands,
+shell-quoted, and the expected CPU time of a mini sweep, and runs nothing. SIGTERM (or Ctrl-C)
+stops the sweep: no new run starts and the running trainings get SIGTERM, on which they save a
+checkpoint (after Ctrl-C in a terminal they also get the SIGINT itself and resume from their last
+periodic checkpoint instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FINISHED = ("complete", "diverged")  # compress_scaling.train.FINISHED (not imported: no JAX here)
+LOG_ENTRY = "log_entry.json"
+_MISSING = object()
+DEFAULT_BASE_CONFIG = "configs/base.py"
+TAIL_LINES = 40
+
+
+def _ensure_repo_on_path() -> None:
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+_ensure_repo_on_path()
+
+from configs import base as base_config  # noqa: E402
+from configs.sweeps import common  # noqa: E402
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+@dataclasses.dataclass
+class Sweep:
+  spec: str  # as given: configs/sweeps/unified.py:mini
+  base_config: str  # the config file every run starts from (module BASE_CONFIG, else base.py)
+  runs: list[common.Run]
+
+
+def load_sweep(spec: str) -> Sweep:
+  """'path/to/sweep.py[:arg]' -> its runs(arg). A sweep file may set BASE_CONFIG (a config path
+  relative to the repository root) to start from another config than configs/base.py."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_absolute():
+    file = (pathlib.Path.cwd() / file) if (pathlib.Path.cwd() / file).exists() else REPO / file
+  if not file.is_file() or file.suffix != ".py":
+    raise ValueError(
+      f"sweep {spec!r}: no such sweep file {path!r} (expected path/to/sweep.py[:arg])"
+    )
+  module_spec = importlib.util.spec_from_file_location(f"_sweep_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "runs", None)):
+    raise ValueError(f"sweep {spec!r}: {path} defines no runs(arg)")
+  runs = module.runs(arg or None)
+  common.check_unique(runs)
+  return Sweep(spec, getattr(module, "BASE_CONFIG", DEFAULT_BASE_CONFIG), runs)
+
+
+def parse_slice(text: str) -> tuple[int, int]:
+  m = re.fullmatch(r"(\d+)/(\d+)", text or "")
+  if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+    raise ValueError(f"--slice {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+  return int(m.group(1)), int(m.group(2))
+
+
+def select(runs: list[common.Run], only: str | None, slice_: tuple[int, int] | None):
+  if only:
+    runs = [r for r in runs if re.search(only, r.name)]
+  if slice_:
+    i, n = slice_
+    runs = runs[i::n]
+  return runs
+
+
+def parse_config_overrides(args: list[str]) -> dict[str, str]:
+  """['--config.a.b=v', ...] -> {'a.b': 'v'}; the field must exist in configs/base.py. Values
+  stay strings: main parses them by the field's type."""
+  out = {}
+  fields = base_config.get_config()
+  for arg in args:
+    m = re.fullmatch(r"--config\.([A-Za-z0-9_.]+)=(.*)", arg, flags=re.DOTALL)
+    if not m:
+      raise ValueError(
+        f"unexpected argument {arg!r}; extra overrides look like --config.FIELD=VALUE"
+      )
+    key, value = m.groups()
+    node = fields
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        raise ValueError(f"{arg!r}: configs/base.py has no field {key!r}")
+      node = node[part]
+    out[key] = value
+  return out
+
+
+# ------------------------------------------------------------------------- workdirs
+
+
+def is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def join(out: str, name: str) -> str:
+  return f"{out.rstrip('/')}/{name}" if is_remote(out) else os.path.join(os.path.abspath(out), name)
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    if is_remote(path):
+      from etils import epath  # noqa: PLC0415 -- only object stores need it
+
+      p = epath.Path(path)
+      return json.loads(p.read_text()) if p.exists() else None
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, OSError):
+    return None  # corrupt or unreadable: treated as not finished; main reports it
+
+
+def _write_json(path: str, obj: dict) -> None:
+  text = json.dumps(obj, indent=2) + "\n"
+  if is_remote(path):
+    from etils import epath  # noqa: PLC0415
+
+    epath.Path(path).write_text(text)
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".failures.", suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def read_entry(workdir: str) -> dict | None:
+  entry = _read_json(join(workdir, LOG_ENTRY))
+  return entry if isinstance(entry, dict) else None
+
+
+def run_status(workdir: str) -> tuple[str | None, float | None]:
+  """(status, eval loss) from the workdir's log entry; (None, None) without one."""
+  entry = read_entry(workdir) or {}
+  return entry.get("status"), (entry.get("eval") or {}).get("loss")
+
+
+def stale_fields(entry: dict | None, overrides: dict) -> list[str]:
+  """Override fields whose value differs from the config recorded in a finished run's log
+  entry: the sweep changed since (a renamed budget, a new learning rate). main would report
+  such a run finished and leave it, so the sweep flags it instead of counting it done."""
+  config = (entry or {}).get("config")
+  if not isinstance(config, dict):
+    return []
+  stale = []
+  for key, value in overrides.items():
+    node = config
+    for part in key.split("."):
+      node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+    if node != value:
+      stale.append(key)
+  return stale
+
+
+def command(sweep: Sweep, run: common.Run, out: str, extra: dict[str, str]) -> list[str]:
+  overrides = {**run.overrides, **extra}
+  return [
+    sys.executable,
+    "-m",
+    "compress_scaling.main",
+    f"--config={sweep.base_config}",
+    f"--workdir={join(out, run.name)}",
+    *common.override_flags(overrides),
+  ]
+
+
+def shell(cmd: list[str]) -> str:
+  return " ".join(shlex.quote(part) for part in cmd)
+
+
+def _tail(text: str) -> str:
+  lines = [line[-400:] for line in text.replace("\r", "\n").splitlines() if line.strip()]
+  return "\n".join(lines[-TAIL_LINES:])
+
+
+def _fmt_seconds(s: float) -> str:
+  return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class Runner:
+  """Runs the trainings (K at a time), records failures, forwards SIGTERM to them."""
+
+  def __init__(self, sweep: Sweep, out: str, extra: dict[str, str], log_dir: str, tag: str):
+    self.sweep, self.out, self.extra, self.log_dir = sweep, out, extra, log_dir
+    self.failures_path = join(out, f"failures{tag}.json")
+    self.lock = threading.Lock()
+    self.procs: set[subprocess.Popen] = set()
+    self.stopping = False
+    previous = _read_json(self.failures_path) or {}
+    self.failures: dict[str, dict] = dict(previous.get("failures", {}))
+
+  def _save_failures(self) -> None:
+    _write_json(
+      self.failures_path,
+      {
+        "sweep": self.sweep.spec,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "failures": self.failures,
+      },
+    )
+
+  def stop(self, signum=None, frame=None) -> None:
+    del frame
+    with self.lock:
+      if not self.stopping:
+        print(f"\nsweep: signal {signum}, stopping the running trainings", file=sys.stderr)
+      self.stopping = True
+      for proc in self.procs:
+        if proc.poll() is None:
+          proc.send_signal(signal.SIGTERM)
+
+  def run(self, run: common.Run) -> tuple[str, str]:
+    """Trains one run; returns (outcome, message), outcome in complete / diverged / failed /
+    not_started."""
+    if self.stopping:
+      return "not_started", run.name
+    cmd = command(self.sweep, run, self.out, self.extra)
+    log_path = os.path.join(self.log_dir, f"{run.name}.log")
+    start = time.time()
+    with open(log_path, "a") as log:
+      offset = log.tell()
+      log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {shell(cmd)}\n")
+      log.flush()
+      with self.lock:
+        if self.stopping:
+          return "not_started", run.name
+        proc = subprocess.Popen(
+          cmd,
+          cwd=REPO,
+          env=dict(os.environ, PYTHONUNBUFFERED="1"),
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+        self.procs.add(proc)
+      rc = proc.wait()
+      with self.lock:
+        self.procs.discard(proc)
+    status, loss = run_status(join(self.out, run.name))
+    seconds = time.time() - start
+    with self.lock:
+      if rc == 0 and status in FINISHED:
+        if self.failures.pop(run.name, None) is not None:
+          self._save_failures()
+        return status, f"{status:<8} {run.name}  eval loss {loss}  ({seconds:.0f} s)"
+      with open(log_path) as f:
+        f.seek(offset)
+        tail = _tail(f.read())
+      reason = f"exit code {rc}" if rc else f"exited 0 with status {status!r}"
+      self.failures[run.name] = {
+        "returncode": rc,
+        "status": status,
+        "reason": reason,
+        "command": shell(cmd),
+        "log": log_path,
+        "error_tail": tail,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      }
+      self._save_failures()
+    last = tail.splitlines()[-1][:200] if tail else ""
+    return "failed", f"FAILED   {run.name}  ({reason}, {seconds:.0f} s): {last}"
+
+
+def _default_log_dir(out: str) -> str:
+  if not is_remote(out):
+    return os.path.join(os.path.abspath(out), "_logs")
+  slug = re.sub(r"[^A-Za-z0-9._-]+", "_", out.split("://", 1)[1]).strip("_")
+  return os.path.join(tempfile.gettempdir(), "compress_scaling_sweep_logs", slug)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m launch.sweep",
+    description="Runs every config of a sweep, each in its own workdir, resumably.",
+    epilog="Extra --config.FIELD=VALUE arguments apply to every run (after its own overrides).",
+  )
+  parser.add_argument("sweep", help="configs/sweeps/X.py[:arg], arg = paper | mini | quick | ...")
+  parser.add_argument("--out", required=True, help="sweep directory (local or gs://)")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+  parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+  parser.add_argument("--only", help="keep runs whose name matches this regex (re.search)")
+  parser.add_argument("--slice", help="I/N: keep runs I, I+N, ... (after --only)")
+  parser.add_argument("--log_dir", help="per-run console logs (default DIR/_logs)")
+  parser.add_argument("--tag", default="", help="suffix of the failures file: failures<TAG>.json")
+  args, rest = parser.parse_known_args(argv)
+  try:
+    extra = parse_config_overrides(rest)
+    sweep = load_sweep(args.sweep)
+    runs = select(sweep.runs, args.only, parse_slice(args.slice) if args.slice else None)
+    if args.only:
+      re.compile(args.only)
+    if args.jobs < 1:
+      raise ValueError(f"--jobs {args.jobs}: must be >= 1")
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9._-]+", args.tag):
+      raise ValueError(f"--tag {args.tag!r}: letters, digits and . _ - only")
+  except (ValueError, re.error) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+  try:
+    entries = {r.name: read_entry(join(args.out, r.name)) for r in runs}
+  except ImportError as e:  # gs:// through etils.epath needs gcsfs
+    print(f"error: cannot read {args.out}: {e} (pip install gcsfs)", file=sys.stderr)
+    return 2
+  finished = {name: (e or {}).get("status") for name, e in entries.items()}
+  stale = {
+    r.name: fields
+    for r in runs
+    if finished[r.name] in FINISHED and (fields := stale_fields(entries[r.name], r.overrides))
+  }
+  todo = [r for r in runs if finished[r.name] not in FINISHED]
+  n_done = len(runs) - len(todo) - len(stale)
+  header = (
+    f"# {sweep.spec}: {len(runs)} runs selected of {len(sweep.runs)}, {n_done} already finished, "
+    f"{len(todo)} to run -> {args.out}"
+  )
+  stale_lines = [
+    f"# STALE {name}: finished with other {', '.join(fields)} than the sweep now sets; move "
+    "its workdir away to retrain it"
+    for name, fields in stale.items()
+  ]
+  estimate = common.estimate_cpu_seconds(todo)
+
+  if args.dry_run:
+    print("\n".join([header, *stale_lines]))
+    tokens = [common.run_tokens(r.overrides) for r in todo]
+    if todo and None not in tokens:
+      line = f"# {sum(tokens) / 1e6:.1f}M training tokens"
+      if estimate is not None:
+        line += f", ~{_fmt_seconds(estimate)} on 2 CPU cores (configs/sweeps/common.py model)"
+      print(line)
+    print(f"# run from {REPO}")
+    for run in todo:
+      print(shell(command(sweep, run, args.out, extra)))
+    return 0
+
+  import tqdm  # noqa: PLC0415 -- not needed for --dry_run
+
+  log_dir = args.log_dir or _default_log_dir(args.out)
+  os.makedirs(log_dir, exist_ok=True)
+  print("\n".join([header, *stale_lines]), file=sys.stderr)
+  if estimate is not None:
+    print(f"# ~{_fmt_seconds(estimate)} on 2 CPU cores; logs in {log_dir}", file=sys.stderr)
+  else:
+    print(f"# logs in {log_dir}", file=sys.stderr)
+  runner = Runner(sweep, args.out, extra, log_dir, args.tag)
+  for run in runs:  # finished since an earlier failure: drop its record; record stale ones
+    if run.name in stale:
+      runner.failures[run.name] = {
+        "reason": f"finished with other {', '.join(stale[run.name])} than the sweep now sets",
+        "status": finished[run.name],
+        "command": shell(command(sweep, run, args.out, extra)),
+      }
+    elif finished[run.name] in FINISHED:
+      runner.failures.pop(run.name, None)
+  runner._save_failures()
+  old_handlers = {s: signal.signal(s, runner.stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  counts = dict.fromkeys(("complete", "diverged", "failed", "not_started"), 0)
+  try:
+    desc = pathlib.Path(sweep.spec).name
+    bar = tqdm.tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=desc)
+    with bar, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      for future in concurrent.futures.as_completed([pool.submit(runner.run, r) for r in todo]):
+        outcome, message = future.result()
+        counts[outcome] += 1
+        if outcome != "not_started":
+          bar.update(1)
+          bar.write(message)
+  finally:
+    for s, handler in old_handlers.items():
+      signal.signal(s, handler)
+  failed = counts["failed"] + counts["not_started"] + len(stale)
+  print(
+    f"{sweep.spec}: {len(runs)} runs: {n_done} already finished, {counts['complete']} complete, "
+    f"{counts['diverged']} diverged, {counts['failed']} failed"
+    + (f", {len(stale)} stale" if stale else "")
+    + (f", {counts['not_started']} not started (stopped)" if counts["not_started"] else "")
+    + (f"; failures in {runner.failures_path}" if runner.failures else ""),
+    file=sys.stderr,
+  )
+  return 1 if failed or runner.stopping else 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main())
+  except BrokenPipeError:  # --dry_run piped into head: stop quietly
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)

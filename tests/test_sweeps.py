@@ -1,0 +1,185 @@
+"""Sweep configs: run counts, unique and stable names, every mini run validates, the CLI flags
+of a run rebuild exactly its config."""
+
+import hashlib
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from compress_scaling import compression, config_lib
+from configs import base
+from configs.sweeps import common, precision, qat_law, sparse_law, unified
+from tests.conftest import REPO
+
+SWEEPS = {"unified": unified, "qat_law": qat_law, "precision": precision, "sparse_law": sparse_law}
+COUNTS = {  # (paper, mini, quick); the module docstrings derive each
+  "unified": (204, 102, 17),
+  "qat_law": (416, 104, 26),
+  "precision": (340, 102, 17),
+  "sparse_law": (48, 36, 4),
+}
+# Run names are workdir names, the resume key of a sweep: renaming a run orphans its finished
+# workdir. A digest of all names per variant catches accidental renames; update it on purpose.
+NAME_DIGESTS = {
+  ("unified", "paper"): "ccd91d40a740",
+  ("unified", "mini"): "bd7eb5cc96e8",
+  ("qat_law", "paper"): "7ef54d8b6906",
+  ("qat_law", "mini"): "a0907a969c4e",
+  ("precision", "paper"): "c456c3b3e452",
+  ("precision", "mini"): "7f4d3b65258f",
+  ("sparse_law", "paper"): "44f1e508eadd",
+  ("sparse_law", "mini"): "ed30e1151af9",
+}
+
+
+def _names_digest(runs) -> str:
+  return hashlib.sha256("\n".join(r.name for r in runs).encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_counts_unique_and_deterministic(sweep):
+  module = SWEEPS[sweep]
+  for variant, expected in zip(("paper", "mini", "quick"), COUNTS[sweep]):
+    runs = module.runs(variant)
+    assert len(runs) == expected, (sweep, variant)
+    assert len({r.name for r in runs}) == len(runs)
+    assert [(r.name, r.overrides) for r in module.runs(variant)] == [
+      (r.name, r.overrides) for r in runs
+    ]
+  mini = {r.name: r.overrides for r in module.runs("mini")}
+  for run in module.runs("quick"):  # quick is a slice of mini, so a later mini run skips it
+    assert mini[run.name] == run.overrides
+
+
+def test_golden_names():
+  assert [r.name for r in unified.runs("quick")][:3] == [
+    "0.1m_tpp1_dense",
+    "0.1m_tpp1_w8a16-gmse",
+    "0.1m_tpp1_w4a16-gmse",
+  ]
+  assert unified.runs("mini")[-1].name == "0.5m_tpp2_w4a16-gmse+2of4-every10"
+  assert unified.runs("paper")[-1].name == "200m_tpp200_w4a16-gmse+2of4"
+  assert qat_law.runs("paper")[-1].name == "595m_D100B_w16a4_fc2a8"
+  assert precision.runs("paper")[0].name == "30m_D1.5B_dense"
+  assert sparse_law.runs("mini")[-1].name == "0.5m_T500_s87.5-every10"
+  digests = {(s, v): _names_digest(SWEEPS[s].runs(v)) for s in SWEEPS for v in ("paper", "mini")}
+  assert digests == NAME_DIGESTS
+
+
+def test_unified_design():
+  comps = unified.compressions()
+  assert len(comps) == 17 and comps[0] == "dense"
+  assert {"w1a1-gmse", "w8a8-gmse", "s87.5", "2:4", "w4a16-gmse+s50", "w4a16-gmse+2:4"} <= set(
+    comps
+  )
+  runs = unified.runs("mini/0.2m_tpp2_w4a4-gmse")
+  (run,) = runs
+  # 2 tokens/param x 213,568 params / (16 x 128) tokens per step, rounded up.
+  assert run.overrides["total_steps"] == 209
+  assert common.run_tokens(run.overrides) >= 2 * common.n_params("0.2m")
+  paper = {r.name: r for r in unified.runs("paper")}
+  assert paper["30m_tpp50_dense"].overrides["total_steps"] == 5815
+  assert paper["200m_tpp200_dense"].overrides["optimizer.lr"] == 3e-4
+
+
+def test_qat_law_fc2_rules():
+  run = {r.name: r for r in qat_law.runs("paper")}["145m_D20B_w4a4-g128_fc2a8"]
+  assert run.overrides["compression"] == "w4a4-g128"
+  assert run.overrides["compression_rules"] == "*/mlp/out=w4a8-g128"
+  plan = compression.Plan.from_config(
+    run.overrides["compression"], run.overrides["compression_rules"]
+  )
+  assert str(plan.for_layer("block_3/mlp/out")) == "w4a8-g128"
+  assert str(plan.for_layer("block_3/mlp/up")) == "w4a4-g128"
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_specs_are_canonical(sweep):
+  """The spec string is the C label in the law: it must be the canonical one."""
+  for variant in ("paper", "mini"):
+    for run in SWEEPS[sweep].runs(variant):
+      spec = run.overrides["compression"]
+      assert str(compression.parse(spec)) == spec, run.name
+      for _, rule in compression.parse_rules(run.overrides.get("compression_rules", "")):
+        assert str(rule) in run.overrides["compression_rules"]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_mini_run_validates(sweep):
+  module = SWEEPS[sweep]
+  for run in module.runs("mini"):
+    config = module.get_config(f"mini/{run.name}")
+    config_lib.validate(config, 1)
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_paper_runs_validate(sweep):
+  """A sample of paper runs. They read C4 (data.source=tfds, data.data_dir given at launch);
+  the data fields are checked by the data tests, so here the offline corpus stands in."""
+  module = SWEEPS[sweep]
+  runs = module.runs("paper")
+  for run in runs[::7] + runs[-1:]:
+    config = module.get_config(f"paper/{run.name}")
+    assert config.data.source == "tfds" and config.mesh.data == -1  # -1: fills the slice
+    config.data.source = "stdlib"
+    config_lib.validate(config, 1)
+    config_lib.validate(config, 8)
+
+
+def test_get_config_variants_and_errors():
+  c = unified.get_config("paper")
+  assert (c.batch_size, c.seq_len, c.model.dtype, c.data.source) == (512, 512, "bfloat16", "tfds")
+  assert unified.get_config(None).batch_size == unified.get_config("mini").batch_size == 16
+  with pytest.raises(AttributeError):
+    unified.get_config("mini").nonexistent_field = 1  # still locked
+  with pytest.raises(ValueError, match="unknown variant 'huge'; allowed: paper, mini, quick"):
+    unified.runs("huge")
+  with pytest.raises(ValueError, match="no run named 'nope'"):
+    unified.get_config("mini/nope")
+  with pytest.raises(KeyError, match="no field 'model.width'"):
+    common.apply_overrides(base.get_config(), {"model.width": 3})
+  with pytest.raises(ValueError, match="duplicate run name"):
+    common.check_unique([common.Run("a", {}), common.Run("a", {})])
+  with pytest.raises(ValueError, match="names a directory"):
+    common.Run("a/b", {})
+
+
+@pytest.mark.parametrize(
+  "sweep,arg",
+  [
+    ("unified", "paper/100m_tpp100_w4a16-gmse+2of4"),
+    ("qat_law", "paper/74m_D10B_w16a4-g32_fc2a8"),
+    ("precision", "paper/50m_D13B_w16a5-tensor"),
+    ("sparse_law", "mini/0.2m_T250_s87.5-every10"),
+  ],
+)
+def test_command_line_flags_rebuild_the_config(sweep, arg):
+  """configs/base.py + `--config.<k>=<v>` (what launch/sweep.py runs) == get_config(arg)."""
+  (run,) = SWEEPS[sweep].runs(arg)
+  values = flags.FlagValues()
+  path = str(REPO / "configs" / "base.py")
+  argv = ["prog", f"--config={path}", *run.flags()]
+  config_flags.DEFINE_config_file("config", path, flag_values=values, sys_argv=argv)
+  values(argv)
+  assert config_lib.to_dict(values.config) == config_lib.to_dict(SWEEPS[sweep].get_config(arg))
+
+
+def test_arithmetic_helpers():
+  assert common.steps_for_tokens(2048, 16, 128) == 1
+  assert common.steps_for_tokens(2049, 16, 128) == 2
+  assert common.fmt_tokens(10e9) == "10B"
+  assert common.fmt_tokens(1.5e9) == "1.5B"
+  assert common.fmt_tokens(250e3) == "250K"
+  assert common.spec_slug("w4a16+2:4") == "w4a16+2of4"
+  assert common.split_arg("mini/x_y") == ("mini", "x_y")
+  assert common.split_arg(None) == ("mini", None)
+  assert common.flag_value(1e-15) == "1e-15" and common.flag_value(True) == "True"
+  assert common.cadence(53, 2, 26, 25) == {
+    "eval_every": 27,
+    "checkpoint_every": 26,
+    "log_every": 25,
+  }
+  est = common.estimate_cpu_seconds(unified.runs("mini"))
+  assert 3600 < est < 1.5 * 3600  # the docstring's ~75 minutes
+  assert common.estimate_cpu_seconds(unified.runs("paper")) is None  # no CPU model at 30m+
