@@ -116,13 +116,14 @@ class Attention(nn.Module):
       q_BxLxHxE,
       k_BxLxHxE,
       (((3,), (3,)), ((0, 2), (0, 2))),
+      precision=None,  # passed explicitly: peer dot_generals (aqtp) take it positionally
       preferred_element_type=jnp.float32,
     ) / jnp.sqrt(E).astype(jnp.float32)
     causal_LxL = jnp.tril(jnp.ones((L, L), dtype=bool))
     logits_BxHxLxL = jnp.where(causal_LxL, logits_BxHxLxL, jnp.finfo(jnp.float32).min)
     probs_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1).astype(cfg.dtype)
     out_BxHxLxE = values_dot(  # contract the key axis; batch over (B, H)
-      probs_BxHxLxL, v_BxLxHxE, (((3,), (1,)), ((0, 1), (0, 2)))
+      probs_BxHxLxL, v_BxLxHxE, (((3,), (1,)), ((0, 1), (0, 2))), precision=None
     )
     out_BxLxHxE = out_BxHxLxE.transpose(0, 2, 1, 3)
     return proj("o", dims.d_model, ("heads", "embed"))(out_BxLxHxE.reshape(B, L, H * E))
