@@ -69,8 +69,13 @@ def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
 
 
 def _err(t):
+  """Error-bar lengths; a percentile interval can miss the point estimate by a rounding
+  hair (noise-free runs), and matplotlib rejects negative lengths, so they are clipped."""
   lo, hi = t.eff - t.eff_lo, t.eff_hi - t.eff
-  return np.where(np.isfinite(lo), lo, 0), np.where(np.isfinite(hi), hi, 0)
+  return (
+    np.clip(np.where(np.isfinite(lo), lo, 0), 0, None),
+    np.clip(np.where(np.isfinite(hi), hi, 0), 0, None),
+  )
 
 
 def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
