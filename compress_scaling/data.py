@@ -129,17 +129,21 @@ class Batches:
     process_index: int = 0,
     process_count: int = 1,
   ):
+    self._init_rows(corpus, seed, batch_size, seq_len, process_index, process_count)
+    self.n_windows = (len(corpus.train) - 1) // seq_len
+    self._epoch_perm: tuple[int, np.ndarray | None] = (-1, None)
+    n_val = (len(corpus.val) - 1) // seq_len
+    if self.n_windows < batch_size or n_val < 1:
+      raise ValueError(f"seq_len={seq_len}: the corpus is too small for one batch")
+
+  def _init_rows(self, corpus, seed, batch_size, seq_len, process_index, process_count):
+    """Fields every source shares; `rows` = this process's rows of each global batch."""
     if batch_size % process_count:
       raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes")
     self.corpus, self.seed, self.B, self.L = corpus, seed, batch_size, seq_len
     self.rows = slice(
       process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
     )
-    self.n_windows = (len(corpus.train) - 1) // seq_len
-    self._epoch_perm: tuple[int, np.ndarray | None] = (-1, None)
-    n_val = (len(corpus.val) - 1) // seq_len
-    if self.n_windows < batch_size or n_val < 1:
-      raise ValueError(f"seq_len={seq_len}: the corpus is too small for one batch")
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if self._epoch_perm[0] != epoch:  # one epoch cached: batches walk epochs in order

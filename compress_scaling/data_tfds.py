@@ -238,12 +238,7 @@ class TfdsBatches(data.Batches):
     process_index: int = 0,
     process_count: int = 1,
   ):
-    if batch_size % process_count:
-      raise ValueError(f"batch_size={batch_size} is not divisible by {process_count} processes")
-    self.corpus, self.seed, self.B, self.L = corpus, seed, batch_size, seq_len
-    self.rows = slice(
-      process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count
-    )
+    self._init_rows(corpus, seed, batch_size, seq_len, process_index, process_count)
     self.n_docs = len(corpus.train.source)
     self.K = corpus.docs_per_row or max(1, math.ceil((seq_len + 1) / corpus.mean_doc_tokens))
     self.rows_per_epoch = self.n_docs // self.K

@@ -219,3 +219,20 @@ def estimate_cpu_seconds(runs: Iterable[Run]) -> float | None:
       return None
     total += CPU_OVERHEAD_S + tokens / CPU_TOKENS_PER_S[size]
   return total
+
+
+MINI_SHARED = {"batch_size": 16, "seq_len": 128}  # every CPU-sized variant
+
+
+def shared_fields(variant: str, *, batch_size: int, seq_len: int, **paper_extra) -> dict:
+  """Fields all runs of a variant share: the paper's batch and context (bfloat16, tfds data)
+  plus any paper-specific extras, or the CPU mini's batch and context."""
+  if variant != "paper":
+    return dict(MINI_SHARED)
+  return {
+    "batch_size": batch_size,
+    "seq_len": seq_len,
+    "model.dtype": "bfloat16",
+    "data.source": "tfds",
+    **paper_extra,
+  }

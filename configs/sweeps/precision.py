@@ -43,16 +43,9 @@ def compressions() -> tuple[str, ...]:
 
 
 def shared(variant: str) -> dict:
-  if variant == "paper":
-    return {
-      "batch_size": 256,
-      "seq_len": 1024,
-      "optimizer.lr": 6e-4,
-      "optimizer.eps": 1e-15,
-      "model.dtype": "bfloat16",
-      "data.source": "tfds",
-    }
-  return {"batch_size": 16, "seq_len": 128}
+  return common.shared_fields(
+    variant, batch_size=256, seq_len=1024, **{"optimizer.lr": 6e-4, "optimizer.eps": 1e-15}
+  )
 
 
 def _all_runs(variant: str) -> list[common.Run]:

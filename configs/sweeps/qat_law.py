@@ -55,14 +55,7 @@ def spec(w_bits: int, a_bits: int, group: int | None) -> str:
 
 
 def shared(variant: str) -> dict:
-  if variant == "paper":
-    return {
-      "batch_size": 512,
-      "seq_len": 2048,
-      "model.dtype": "bfloat16",
-      "data.source": "tfds",
-    }
-  return {"batch_size": 16, "seq_len": 128}
+  return common.shared_fields(variant, batch_size=512, seq_len=2048)
 
 
 def _all_runs(variant: str) -> list[common.Run]:

@@ -37,14 +37,7 @@ MINI_STEPS = (125, 250, 500)
 
 
 def shared(variant: str) -> dict:
-  if variant == "paper":
-    return {
-      "batch_size": 128,
-      "seq_len": 512,
-      "model.dtype": "bfloat16",
-      "data.source": "tfds",
-    }
-  return {"batch_size": 16, "seq_len": 128}
+  return common.shared_fields(variant, batch_size=128, seq_len=512)
 
 
 def _all_runs(variant: str) -> list[common.Run]:

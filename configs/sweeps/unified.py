@@ -72,14 +72,7 @@ MINI_TPP = (1, 2)
 
 
 def shared(variant: str) -> dict:
-  if variant == "paper":
-    return {
-      "batch_size": 512,
-      "seq_len": 512,
-      "model.dtype": "bfloat16",
-      "data.source": "tfds",
-    }
-  return {"batch_size": 16, "seq_len": 128}
+  return common.shared_fields(variant, batch_size=512, seq_len=512)
 
 
 def _all_runs(variant: str) -> list[common.Run]:
