@@ -34,8 +34,9 @@ def maybe_initialize_distributed() -> None:
 
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):  # explicit (local multi-process, GPU clusters)
-    if jax.default_backend() == "cpu" or env.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPU need gloo; the flag only affects the CPU backend, and
+    # asking which backend is in use would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
       coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
       num_processes=int(env["JAX_NUM_PROCESSES"]),
