@@ -132,6 +132,17 @@ def parse_rules(rules: str) -> tuple[tuple[str, Compression], ...]:
   return tuple(out)
 
 
+def _apply_mask(module: nn.Module, w, spec: sparsity.SparsitySpec | None, axes):
+  """(w with pruned entries zeroed, mask) for a sparse spec, (w, None) otherwise. The mask is
+  `module`'s variable masks/mask (state, not a parameter), sharded like w."""
+  if spec is None:
+    return w, None
+  mask = module.variable(
+    "masks", "mask", nn.with_logical_partitioning(lambda: jnp.ones(w.shape, bool), axes)
+  ).value
+  return jnp.where(mask, w, jnp.zeros_like(w)), mask
+
+
 class InjectedDotGeneral(nn.Module):
   """The `dot_general` of one matmul: mask, then fake-quantize, then lax.dot_general.
 
@@ -155,14 +166,7 @@ class InjectedDotGeneral(nn.Module):
     del kwargs
     c = self.compression
     (lhs_contract, rhs_contract), _ = dimension_numbers
-    mask = None
-    if c.sparsity is not None:
-      mask = self.variable(
-        "masks",
-        "mask",
-        nn.with_logical_partitioning(lambda: jnp.ones(rhs.shape, bool), self.kernel_axes),
-      ).value
-      rhs = jnp.where(mask, rhs, jnp.zeros_like(rhs))
+    rhs, mask = _apply_mask(self, rhs, c.sparsity, self.kernel_axes)
     if self.serving:
       return quant.int_dot_general(
         lhs,
@@ -206,14 +210,7 @@ class CompressedTable(nn.Module):
   @nn.compact
   def __call__(self, table_VxD):
     c = self.compression
-    mask = None
-    if c.sparsity is not None:
-      mask = self.variable(
-        "masks",
-        "mask",
-        nn.with_logical_partitioning(lambda: jnp.ones(table_VxD.shape, bool), self.axes),
-      ).value
-      table_VxD = jnp.where(mask, table_VxD, jnp.zeros_like(table_VxD))
+    table_VxD, mask = _apply_mask(self, table_VxD, c.sparsity, self.axes)
     key = self.make_rng("quant") if c.weights and c.weights.rounding == "stochastic" else None
     return quant.quantize(table_VxD, c.weights, axis=1, mask=mask, key=key)
 

@@ -70,15 +70,18 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def _sparsity_counts(masks, non_embedding_only: bool = False) -> tuple[int, int]:
-  """(kept, total) entries over the masks actually applied."""
-  kept = total = 0
+def _sparsity_counts(masks) -> dict[str, tuple[int, int]]:
+  """(kept, total) entries of the masks actually applied: over all of them ("all") and over
+  the non-embedding ones ("non_embedding", the part of N)."""
+  counts = {"all": (0, 0), "non_embedding": (0, 0)}
   for path, m in jax.tree_util.tree_leaves_with_path(masks):
-    if non_embedding_only and str(getattr(path[0], "key", path[0])) in model.EMBEDDING_PARAMS:
-      continue
-    kept += int(np.asarray(jax.device_get(m)).sum())
-    total += int(m.size)
-  return kept, total
+    kept, size = int(np.asarray(jax.device_get(m)).sum()), int(m.size)
+    groups = ["all"]
+    if str(getattr(path[0], "key", path[0])) not in model.EMBEDDING_PARAMS:
+      groups.append("non_embedding")
+    for g in groups:
+      counts[g] = (counts[g][0] + kept, counts[g][1] + size)
+  return counts
 
 
 def _model_bits(plan: compression.Plan, params) -> float:
@@ -103,8 +106,9 @@ def build(
   config, resolved = setup.config, setup.resolved
   dims = resolved.model.dims
   n_params, n_params_total = model.count_params(state["params"])
-  kept, masked = _sparsity_counts(state["masks"])
-  kept_n, masked_n = _sparsity_counts(state["masks"], non_embedding_only=True)
+  counts = _sparsity_counts(state["masks"])
+  kept, masked = counts["all"]
+  kept_n, masked_n = counts["non_embedding"]
   plan = resolved.plan
   comp = plan.default.to_dict()
   comp["rules"] = [[pattern, str(c)] for pattern, c in plan.rules]

@@ -65,7 +65,8 @@ EFF_JOINT = fit_mod.LogLaw(
 
 
 def base_theta(base) -> np.ndarray:
-  """(a, b, e, alpha, beta) from anything with A, B, E, alpha, beta keys."""
+  """(a, b, e, alpha, beta) from anything with A, B, E, alpha, beta keys (columns of a
+  bootstrap table give a [5, n_draws] array)."""
   return np.array(
     [np.log(base["A"]), np.log(base["B"]), np.log(base["E"]), base["alpha"], base["beta"]], float
   )
@@ -225,16 +226,7 @@ def fit_eff(
       u_hat, _, _, _ = _eff_given_base(comp, comps, th, delta=delta, who=who)
       if bootstrap:
         if base is None:
-          bth = np.stack(
-            [
-              np.log(base_fit.bootstrap.A),
-              np.log(base_fit.bootstrap.B),
-              np.log(base_fit.bootstrap.E),
-              base_fit.bootstrap.alpha,
-              base_fit.bootstrap.beta,
-            ],
-            -1,
-          )
+          bth = base_theta(base_fit.bootstrap).T  # one (a, b, e, alpha, beta) row per draw
         else:
           bth = np.broadcast_to(th, (bootstrap, 5))
         draws = np.exp(_boot_two_stage(dense, comp, comps, bth, u_hat, bootstrap, seed, delta))
