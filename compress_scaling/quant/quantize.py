@@ -302,3 +302,40 @@ def quantize_to_int(x: jax.Array, spec: QuantSpec, axis: Axis, *, rotate_back: b
   elif grid.outer > 127:
     raise ValueError(f"quantize_to_int: {spec.bits:g}-bit codes do not fit int8; allowed bits <= 8")
   return q.astype(jnp.int8).reshape(x.shape), s, y.shape
+
+
+def quant_scale(x: jax.Array, spec: QuantSpec, axis: Axis) -> tuple[jax.Array, tuple[int, ...]]:
+  """The scales `quantize(x, spec, axis)` rounds with, for fixed-scale rounding (e.g. GPTQ).
+
+  Returns (scale, view_shape) laid out as in `quantize_to_int`: float32 `scale` broadcastable
+  to `view_shape`, which is x.shape with the contraction axes merged and, for group
+  granularity, split into (D / G, G). For a kernel w[D, F] and axis=0: channel -> scale
+  [1, F], tensor -> [1, 1], group -> [D / G, 1, F] with view (D / G, G, F). mse_search runs
+  its clip-ratio search on x. Then, with nearest rounding,
+      round_with_scale(x.reshape(view_shape), scale, spec).reshape(x.shape)
+  equals `quantize(x, spec, axis)` bit for bit. Not defined with hadamard (ValueError).
+  """
+  if spec.hadamard:
+    raise ValueError(
+      f"quant_scale: QuantSpec.hadamard={spec.hadamard} is not supported (scales would live in "
+      "the rotated basis); allowed: hadamard=0"
+    )
+  y, red, _, _ = _prepare(lax.stop_gradient(x), spec, axis)
+  _, s, _, _ = _quant_grid(y, spec.replace(rounding="nearest"), red, None)
+  return s, y.shape
+
+
+def round_with_scale(x: jax.Array, scale: jax.Array, spec: QuantSpec) -> jax.Array:
+  """Forward value `q * scale` of x rounded to nearest on spec's grid with a given scale.
+
+  x and scale broadcast elementwise (float32 result); the scale is not recomputed, so x beyond
+  the outer level saturates. The rounding is `quantize`'s (round half to even; centred grids
+  round ties up); a zero scale gives 0 as in `quantize`. Stochastic specs raise ValueError.
+  """
+  if spec.rounding != "nearest":
+    raise ValueError(
+      f"round_with_scale: QuantSpec.rounding={spec.rounding!r} is not supported; allowed: 'nearest'"
+    )
+  s = jnp.asarray(scale, jnp.float32)
+  q, _ = round_to_grid(jnp.asarray(x, jnp.float32) * _inv(s), grid_for(spec))
+  return q * s
