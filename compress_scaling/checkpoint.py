@@ -10,10 +10,11 @@ checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from compress_scaling import paths
 
 
 class CheckpointError(RuntimeError):
@@ -21,12 +22,17 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-  def __init__(self, directory: str, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory: str, max_to_keep: int = 2, *, read_only: bool = False):
+    """`read_only` opens another run's checkpoints (e.g. for post-training quantization):
+    nothing is created, cleaned up or deleted in `directory`."""
+    self.directory = paths.absolute(directory)
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+        max_to_keep=max_to_keep,
+        create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
       ),
     )
 

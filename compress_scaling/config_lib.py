@@ -13,7 +13,7 @@ import os
 
 import jax.numpy as jnp
 
-from compress_scaling import compression, data, sharding, sizes
+from compress_scaling import compression, data, paths, sharding, sizes
 from compress_scaling.model import ModelConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -54,8 +54,6 @@ def _check(errors: list[str], ok: bool, message: str) -> None:
     errors.append(message)
 
 
-def _is_remote(path: str) -> bool:
-  return "://" in path
 
 
 def _check_data(errors: list[str], d):
@@ -73,7 +71,7 @@ def _check_data(errors: list[str], d):
   # Remote paths (gs://) are not checked for existence (that needs the network and a GCS
   # filesystem); the tokenizer and the dataset are opened below, and a failure names the field.
   tokenizer_found = d.tokenizer in data.TOKENIZERS or (
-    bool(d.tokenizer) and (_is_remote(d.tokenizer) or os.path.isfile(d.tokenizer))
+    bool(d.tokenizer) and (paths.is_remote(d.tokenizer) or os.path.isfile(d.tokenizer))
   )
   _check(
     errors,
@@ -91,7 +89,7 @@ def _check_data(errors: list[str], d):
     )
     _check(
       errors,
-      not d.data_dir or _is_remote(d.data_dir) or os.path.isdir(d.data_dir),
+      not d.data_dir or paths.is_remote(d.data_dir) or os.path.isdir(d.data_dir),
       f"data.data_dir={d.data_dir!r}: no such directory",
     )
     for field in ("tfds_name", "train_split", "val_split", "text_key"):

@@ -84,7 +84,7 @@ def _sparsity_counts(masks) -> dict[str, tuple[int, int]]:
   return counts
 
 
-def _model_bits(plan: compression.Plan, params) -> float:
+def model_bits(plan: compression.Plan, params) -> float:
   """Mean storage bits over non-embedding params: each projection at its layer's
   Compression.bits_per_param, everything else (norm scales) at 16."""
   bits = count = 0.0
@@ -98,6 +98,19 @@ def _model_bits(plan: compression.Plan, params) -> float:
       layer_bits = plan.for_layer("/".join(keys[:-2])).bits_per_param(d_in=leaf.shape[0])
     bits, count = bits + size * layer_bits, count + size
   return bits / count
+
+
+def environment() -> dict:
+  """The software and machine a log entry was made on."""
+  return {
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "platform": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "host": platform.node(),
+    "git_commit": _git_commit(),
+  }
 
 
 def build(
@@ -138,7 +151,7 @@ def build(
       "n_params": n_params,
       "n_params_total": n_params_total,
       "n_nonzero": n_params - (masked_n - kept_n),  # N and n_nonzero exclude embeddings
-      "bits_per_param": _model_bits(plan, state["params"]),
+      "bits_per_param": model_bits(plan, state["params"]),
     },
     "data": {
       "source": config.data.source,
@@ -161,13 +174,5 @@ def build(
       "mesh": dict(zip(setup.mesh.axis_names, map(int, setup.mesh.devices.shape))),
     },
     "eval": {"loss": eval_loss, "n_tokens": progress.eval_tokens, "curve": progress.eval_curve},
-    "env": {
-      "python": sys.version.split()[0],
-      "jax": jax.__version__,
-      "flax": flax.__version__,
-      "platform": jax.default_backend(),
-      "device_kind": jax.devices()[0].device_kind,
-      "host": platform.node(),
-      "git_commit": _git_commit(),
-    },
+    "env": environment(),
   }

@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from compress_scaling import paths
+
 SCHEMA = "compress_scaling/log_entry/v1"
 DEFAULT_KIND = "train"
 # The columns every read_runs frame has, beside the flattened entry.
@@ -41,11 +43,6 @@ COLUMNS = (
   "created",
   "file",
 )
-_REMOTE = ("gs://", "s3://", "http://", "https://")
-
-
-def _is_remote(path: str) -> bool:
-  return str(path).startswith(_REMOTE)
 
 
 def _jsonable(x: Any) -> Any:
@@ -73,7 +70,7 @@ def write_entry(path, entry: dict) -> None:
     raise TypeError(f"write_entry({path}): entry must be a dict, got {type(entry).__name__}")
   text = json.dumps(_jsonable(entry), indent=2, sort_keys=False, allow_nan=False) + "\n"
   path = os.fspath(path)
-  if _is_remote(path):
+  if paths.is_remote(path):
     from etils import epath  # local: only object stores need it
 
     p = epath.Path(path)
@@ -97,20 +94,13 @@ def write_entry(path, entry: dict) -> None:
     raise
 
 
-def _read_text(path: str) -> str:
-  if _is_remote(path):
-    from etils import epath
-
-    return epath.Path(path).read_text()
-  with open(path) as f:
-    return f.read()
 
 
 def read_entry(path) -> dict:
   """The entry at `path`; ValueError naming the file if it is not JSON, not an object, or not
   of schema compress_scaling/log_entry/v1. (OSError if it cannot be read.)"""
   path = os.fspath(path)
-  text = _read_text(path)
+  text = paths.read_text(path)
   try:
     entry = json.loads(text)
   except json.JSONDecodeError as e:
@@ -142,7 +132,7 @@ def _expand(pattern: str) -> list[str]:
   local globs support `**` (recursive); gs:// globs go through etils.epath, where `**` is
   expanded here by walking the directories below the fixed prefix."""
   if not any(c in pattern for c in "*?["):
-    if _is_remote(pattern):
+    if paths.is_remote(pattern):
       from etils import epath
 
       p = epath.Path(pattern)
@@ -152,7 +142,7 @@ def _expand(pattern: str) -> list[str]:
     if os.path.isdir(pattern):
       return _expand(os.path.join(pattern, "**", "log_entry.json"))
     return [pattern] if os.path.exists(pattern) else []
-  if not _is_remote(pattern):
+  if not paths.is_remote(pattern):
     return sorted(glob_lib.glob(pattern, recursive=True))
   from etils import epath
 

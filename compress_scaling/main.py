@@ -12,20 +12,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from compress_scaling import cli_logging, paths
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/base.py", "Run config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Run directory (checkpoints, log entry).", required=True
 )
-
-
-class _OwnInfoOnly(logging.logging.Filter):
-  """Keeps INFO lines of this project and warnings of everyone (orbax logs every file it
-  writes at INFO)."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= logging.logging.WARNING or "compress_scaling" in record.pathname
 
 
 def maybe_initialize_distributed() -> None:
@@ -48,8 +42,7 @@ def maybe_initialize_distributed() -> None:
 
 def main(argv):
   del argv
-  # ABSLHandler delegates to its python_handler, so the filter goes there.
-  logging.get_absl_handler().python_handler.addFilter(_OwnInfoOnly())
+  cli_logging.install()
   maybe_initialize_distributed()
   from compress_scaling import checkpoint, config_lib, train  # noqa: PLC0415
 
@@ -59,7 +52,7 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  path = os.path.join(os.path.abspath(_WORKDIR.value), train.LOG_ENTRY)
+  path = os.path.join(paths.absolute(_WORKDIR.value), train.LOG_ENTRY)
   print(f"{entry['status']}: eval loss {entry['eval']['loss']}  log entry: {path}")
 
 

@@ -9,7 +9,6 @@ its newest checkpoint; a finished workdir (complete or diverged) is reported and
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -18,7 +17,7 @@ import time
 import jax
 import tqdm
 
-from compress_scaling import checkpoint, config_lib, data, log_entry, logbook, steps
+from compress_scaling import checkpoint, config_lib, data, log_entry, logbook, paths, steps
 
 LOG_ENTRY = "log_entry.json"
 RUN_META = "run.json"  # run_id, created and the config of the first start, checked on resume
@@ -29,18 +28,13 @@ class WorkdirError(RuntimeError):
   """The workdir holds something this run must not overwrite."""
 
 
-def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _run_meta(workdir: str, config) -> dict:
   """The run's identity; a resume with a different config is refused (nothing overwritten)."""
   path = os.path.join(workdir, RUN_META)
   cfg, digest = config_lib.to_dict(config), config_lib.config_hash(config)
-  meta = _read_json(path)
+  meta = paths.read_json(path)
   if meta is not None:
     if meta["config_hash"] != digest:
       diff = sorted(_diff(meta["config"], cfg))
@@ -90,10 +84,10 @@ class _Summaries:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   entry_path = os.path.join(workdir, LOG_ENTRY)
   existing = None
-  if os.path.exists(entry_path):
+  if paths.exists(entry_path):
     try:
       existing = logbook.read_entry(entry_path)
     except ValueError as e:
@@ -108,7 +102,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return existing
 
   setup = steps.Setup.create(config)  # raises ConfigError before anything is written
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   meta = _run_meta(workdir, config)
   logging.info(
     "devices: %d (%s), processes: %d, mesh %s",

@@ -1,0 +1,51 @@
+"""Local or object-store paths (gs://, s3://) for workdirs and log entries.
+
+Workdirs on TPU VMs live on gs://: orbax writes checkpoints there itself, and everything else
+the training loop touches (run.json, the log entry, the folder) goes through these helpers,
+which use plain `os` for local paths and etils.epath (imported only then) for URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+REMOTE_PREFIXES = ("gs://", "s3://", "http://", "https://")
+
+
+def is_remote(path) -> bool:
+  return str(path).startswith(REMOTE_PREFIXES)
+
+
+def _epath(path):
+  from etils import epath  # noqa: PLC0415 -- only object stores need it
+
+  return epath.Path(path)
+
+
+def absolute(path: str) -> str:
+  """os.path.abspath for local paths; URLs unchanged."""
+  return str(path) if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path: str) -> bool:
+  return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def makedirs(path: str) -> None:
+  if is_remote(path):
+    _epath(path).mkdir(parents=True, exist_ok=True)
+  else:
+    os.makedirs(path, exist_ok=True)
+
+
+def read_text(path: str) -> str:
+  if is_remote(path):
+    return _epath(path).read_text()
+  with open(path) as f:
+    return f.read()
+
+
+def read_json(path: str) -> dict | None:
+  """The JSON object at `path`, or None when there is no file."""
+  return json.loads(read_text(path)) if exists(path) else None
