@@ -88,3 +88,40 @@ def reference_dir() -> pathlib.Path:
   if not REFERENCE.is_dir():
     pytest.skip(f"reference data not found at {REFERENCE}")
   return REFERENCE
+
+
+# The tiny real sweep the colab tests read: configs/sweeps/unified.py:mini at 0.1m and 0.2m,
+# 1 token/param, these compressions, every run cut to 20 steps of 8 x 64 tokens (~1 minute).
+MINI_SWEEP_COMPRESSIONS = ("dense", "w4a16-gmse", "w4a4-gmse", "s50-every10")
+
+
+@pytest.fixture(scope="session")
+def mini_sweep(tmp_path_factory) -> pathlib.Path:
+  """Runs the sweep once per session through `python -m launch.sweep` (each run a real
+  `compress_scaling.main` training with its log entry); returns the sweep directory."""
+  import re
+
+  out = tmp_path_factory.mktemp("mini_sweep")
+  names = "|".join(re.escape(c) for c in MINI_SWEEP_COMPRESSIONS)
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.sweep",
+    "configs/sweeps/unified.py:mini",
+    f"--out={out}",
+    rf"--only=^0\.[12]m_tpp1_({names})$",
+    "--jobs=2",
+    "--config.total_steps=20",
+    "--config.eval_every=20",
+    "--config.checkpoint_every=20",
+    "--config.log_every=10",
+    "--config.eval_batches=2",
+    "--config.batch_size=8",
+    "--config.seq_len=64",
+  ]
+  proc = subprocess.run(
+    cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600
+  )
+  if proc.returncode != 0:
+    raise AssertionError(f"mini sweep failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return out

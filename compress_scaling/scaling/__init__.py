@@ -4,14 +4,14 @@
     fit_eff(runs, protocol='two_stage'|'joint', ...) -> DataFrame of eff(C) with intervals
     composition_test(table), leave_one_size_out(runs)
     fit_sparse, fit_qat, fit_ptq (+ ptq_table), fit_eff_kumar, fit_capacity,
-    gaussian_mse_for_spec
+    gaussian_mse_for_spec; ptq_predictor (random forest + Kumar law, held-out sizes)
     laws.*   the laws and published constants;  plots.*  figures;  report.build_report
 
 Fits follow Besiroglu et al. 2024 (Huber on log-loss, log-space parameters, L-BFGS from
 Epoch's 4500-start grid) and run in float64 on the CPU inside a thread-local context.
 """
 
-from compress_scaling.scaling import laws
+from compress_scaling.scaling import laws, ptq_predictor
 from compress_scaling.scaling.data import FitError, check_runs, load_runs
 from compress_scaling.scaling.eff import (
   composition_test,
@@ -61,5 +61,6 @@ __all__ = [
   "load_runs",
   "parse_spec",
   "predict_loss",
+  "ptq_predictor",
   "ptq_table",
 ]

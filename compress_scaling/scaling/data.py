@@ -116,6 +116,14 @@ def check_runs(
   return df
 
 
+def training_runs(df: pd.DataFrame) -> pd.DataFrame:
+  """The rows of trained models: post-training-quantization entries (kind 'ptq') describe a
+  quantized copy of a trained run, not a run of their own, and are left to ptq_table."""
+  if "kind" not in df.columns:
+    return df
+  return df[df["kind"].fillna("train") != "ptq"]
+
+
 def require_distinct(values, what: str, need: int, who: str) -> None:
   """FitError unless `values` has at least `need` distinct entries (named in the message)."""
   uniq = np.unique(np.asarray(values, float))

@@ -190,7 +190,7 @@ def fit_eff(
   who = f"fit_eff({protocol})"
   if protocol not in ("two_stage", "joint"):
     raise ValueError(f"fit_eff: protocol must be 'two_stage' or 'joint', got {protocol!r}")
-  df = data_mod.check_runs(runs, who, drop_invalid=drop_invalid)
+  df = data_mod.training_runs(data_mod.check_runs(runs, who, drop_invalid=drop_invalid))
   dropped = []
   if drop_highest:
     keep = fit_mod.drop_highest_loss(df.loss, drop_highest)
@@ -408,7 +408,7 @@ def leave_one_size_out(
   attrs['summary']: mean |rel_err| per held-out size. Needs at least 4 distinct N.
   """
   who = "leave_one_size_out"
-  df = data_mod.check_runs(runs, who)
+  df = data_mod.training_runs(data_mod.check_runs(runs, who))
   uniq = np.unique(df.N)
   if len(uniq) < 4:
     raise FitError(

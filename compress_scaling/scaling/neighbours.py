@@ -210,7 +210,7 @@ def fit_qat(
   A, B, E, alpha, beta, e.g. fit_chinchilla on the dense runs) on the runs of one quantization
   recipe at several group sizes G (column G, the spec's -gG, or per_channel_G). Huber on
   log-loss as everywhere else. Runs with G <= 1 carry no quantization error and are excluded."""
-  df = data_mod.check_runs(runs, who)
+  df = data_mod.training_runs(data_mod.check_runs(runs, who))
   G = group_sizes(df, per_channel_G)
   if np.isnan(G).any():
     raise FitError(

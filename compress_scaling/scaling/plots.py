@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
 from compress_scaling.scaling import data as data_mod
 from compress_scaling.scaling import laws
@@ -28,6 +28,15 @@ def save(fig: Figure, stem: str) -> list[str]:
   return paths
 
 
+def _log_x(ax) -> None:
+  """Log x axis labelled at 1, 2, 5 x 10^k as 100k, 2M, 5G: readable also when the data span
+  less than a decade (the mini sweeps' sizes), where decade-only labels leave none."""
+  ax.set_xscale("log")
+  ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _colors(n):
   from matplotlib import colormaps
 
@@ -35,16 +44,22 @@ def _colors(n):
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
+def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> Figure:
   """Loss vs N per compression with the fitted unified law, drawn at each compression's median
-  tokens per parameter (D/N)."""
-  base = table.attrs["base"]
+  tokens per parameter (D/N). table=None (no fit, e.g. too few sizes): the measured runs only."""
   fig = Figure(figsize=(7.5, 5))
   ax = fig.add_subplot()
-  comps = [c for c in table.index if c in set(runs.compression)]
+  if table is None:
+    comps = sorted(runs.compression.unique(), key=lambda c: (c != "dense", c))
+  else:
+    comps = [c for c in table.index if c in set(runs.compression)]
   for color, c in zip(_colors(len(comps)), comps):
     r = runs[runs.compression == c]
-    ax.scatter(r.N, r.loss, color=color, s=18, label=f"{c} (eff {table.eff[c]:.3g})")
+    label = c if table is None else f"{c} (eff {table.eff[c]:.3g})"
+    ax.scatter(r.N, r.loss, color=color, s=18, label=label)
+    if table is None:
+      continue
+    base = table.attrs["base"]
     ratio = float(np.median(r.D / r.N))
     n = np.geomspace(r.N.min() / 1.5, r.N.max() * 1.5, 64)
     ax.plot(
@@ -55,16 +70,18 @@ def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
       color=color,
       lw=1,
     )
-  ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(NullFormatter())
+  _log_x(ax)
   ax.set_xlabel("N (non-embedding parameters)")
   ax.set_ylabel("final eval loss")
   ax.legend(fontsize=7, ncol=2)
-  ax.set_title(
-    f"{UNIFIED}\ncurves at each C's median D/N; {len(runs)} runs, "
-    f"{table.attrs.get('protocol', '')} fit",
-    fontsize=9,
-  )
+  if table is None:
+    title = f"{UNIFIED}\nmeasured runs only (no fit); {len(runs)} runs"
+  else:
+    title = (
+      f"{UNIFIED}\ncurves at each C's median D/N; {len(runs)} runs, "
+      f"{table.attrs.get('protocol', '')} fit"
+    )
+  ax.set_title(title, fontsize=9)
   return fig
 
 
@@ -79,16 +96,19 @@ def _err(t):
 
 
 def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
-  """eff vs bits: weight-only (x = weight bits) and weights+activations (x = W = A bits)."""
+  """eff vs bits, one panel per kind the table has: weight-only (x = weight bits),
+  weights+activations (x = W = A bits), activation-only (x = activation bits, Kumar et al.)."""
   st = data_mod.spec_table(table.index)
-  fig = Figure(figsize=(10, 4.2))
   panels = [
     ("weight", "weight-only: WxA16", "w_bits"),
     ("weight+act", "weights + activations: WxAy", "w_bits"),
+    ("act", "activation-only: W16Ax", "a_bits"),
   ]
+  panels = [p for p in panels if (st.kind == p[0]).any()] or panels[:1]  # the kinds present
+  fig = Figure(figsize=(5 * len(panels), 4.2))
   n_runs = 0
   for k, (kind, title, xcol) in enumerate(panels):
-    ax = fig.add_subplot(1, 2, k + 1)
+    ax = fig.add_subplot(1, len(panels), k + 1)
     rows = st.index[(st.kind == kind) | (st.index == "dense")]
     t = table.loc[rows]
     x = np.where(t.index == "dense", laws.UNQUANTIZED_BITS, st.loc[rows, xcol])
@@ -96,15 +116,17 @@ def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
     ax.errorbar(x, t.eff, yerr=_err(t), fmt="o", capsize=3)
     for xi, yi, name in zip(x, t.eff, t.index):
       ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    if kumar is not None and np.isfinite(kumar.params.get("gamma_w", np.nan)):
+    if kumar is not None:
       P = np.linspace(1, 16, 100)
-      ga = kumar.params.get("gamma_a", np.nan) if kind == "weight+act" else np.nan
-      y = laws.kumar_factor(P, kumar["gamma_w"]) * (
-        laws.kumar_factor(P, ga) if np.isfinite(ga) else 1.0
-      )
-      ax.plot(P, y, lw=1, label="Kumar et al. 1 - e^(-P/γ) fit")
-      ax.legend(fontsize=7)
-    ax.set_xlabel("bits (weights; activations = weights on the right)")
+      gw, ga = (kumar.params.get(g, np.nan) for g in ("gamma_w", "gamma_a"))
+      fw, fa = laws.kumar_factor(P, gw), laws.kumar_factor(P, ga)
+      y = {"weight": fw, "weight+act": fw * fa if np.isfinite(ga) else fw, "act": fa}[kind]
+      if np.isfinite(y).all():
+        ax.plot(P, y, lw=1, label="Kumar et al. 1 - e^(-P/γ) fit")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(
+      "activation bits" if kind == "act" else "bits (weights; activations = weights on the right)"
+    )
     ax.set_ylabel("eff(C)")
     ax.set_title(title, fontsize=9)
   fig.suptitle(
@@ -191,24 +213,55 @@ def pred_vs_measured(pred: pd.DataFrame) -> Figure:
   return fig
 
 
-def qat_delta(qat) -> Figure:
-  """Measured delta = L - base(N, D) vs N, D, G with the Chen et al. 2025 law."""
+def qat_delta(qat, label: str = "") -> Figure:
+  """Measured delta = L - base(N, D) vs N, D, G with the Chen et al. 2025 law; `label` (the
+  recipe, e.g. 'w4a4') heads the title."""
   pts = qat.info["points"]
   fig = Figure(figsize=(12, 4))
   for k, col in enumerate(("N", "D", "G")):
     ax = fig.add_subplot(1, 3, k + 1)
     ax.scatter(pts[col], pts.delta, s=16, label="measured L - base(N, D)")
     ax.scatter(pts[col], qat.predict_delta(pts.N, pts.D, pts.G), s=16, marker="x", label="law")
-    ax.set_xscale("log", base=2 if col == "G" else 10)
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    if col == "G":
+      ax.set_xscale("log", base=2)
+    else:
+      _log_x(ax)
     ax.set_xlabel(col)
     ax.set_ylabel("δ")
     ax.legend(fontsize=7)
   p = qat.params
   fig.suptitle(
-    f"QAT error δ = k D^γD (log2 G)^γG / N^γN (Chen et al. 2025): k={p['k']:.3g}, "
+    (f"{label}: " if label else "")
+    + f"QAT error δ = k D^γD (log2 G)^γG / N^γN (Chen et al. 2025): k={p['k']:.3g}, "
     f"γN={p['gamma_N']:.3g}, γD={p['gamma_D']:.3g}, γG={p['gamma_G']:.3g}; "
     f"{len(pts)} runs",
+    fontsize=9,
+  )
+  return fig
+
+
+def composition(comp: pd.DataFrame, table: pd.DataFrame) -> Figure:
+  """Measured eff(q+s) against the product eff(q) eff(s) for each composite of
+  `eff.composition_test(table)`, with the ratio's interval when the table has bootstrap draws:
+  points on the diagonal mean the effs multiply (Panferov et al. 2025 find capacities do)."""
+  fig = Figure(figsize=(5.5, 5))
+  ax = fig.add_subplot()
+  x, y = comp.eff_product.astype(float), comp.eff_measured.astype(float)
+  lo = np.nan_to_num(np.clip(y - comp.ratio_lo.astype(float) * x, 0, None))
+  hi = np.nan_to_num(np.clip(comp.ratio_hi.astype(float) * x - y, 0, None))
+  ax.errorbar(x, y, yerr=(lo, hi), fmt="o", capsize=3)
+  for xi, yi, name in zip(x, y, comp.index):
+    ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  if len(comp):
+    a, b = min(x.min(), y.min()) * 0.95, max(x.max(), y.max()) * 1.05
+    ax.plot([a, b], [a, b], "k--", lw=0.8, label="eff(q+s) = eff(q) eff(s)")
+    ax.legend(fontsize=7)
+  ax.set_xlabel("eff(q) · eff(s)")
+  ax.set_ylabel("eff(q+s) measured")
+  used = set(comp.index) | set(comp.get("quant", [])) | set(comp.get("sparse", []))
+  n = int(table.n_runs[table.index.isin(used)].sum())
+  ax.set_title(
+    f"composition test, {UNIFIED}\n{len(comp)} composites, {n} runs behind their effs",
     fontsize=9,
   )
   return fig
@@ -224,4 +277,69 @@ def eff_per_bit(table: pd.DataFrame) -> Figure:
   ax.axvline(1.0, color="k", lw=0.8)
   ax.set_xlabel("(eff / bits) relative to dense: memory gain at equal loss")
   ax.set_title(f"eff(C) / bits per parameter, {UNIFIED}\n{int(t.n_runs.sum())} runs", fontsize=9)
+  return fig
+
+
+PTQ_LAW = "δ_PTQ = C_T D^γD / N^γN e^(-P/γ_post)  (Kumar et al. 2024)"
+
+
+def ptq_delta(rows: pd.DataFrame) -> Figure:
+  """ΔNLL of PTQ (ptq_predictor.ptq_rows) vs weight bits per model and method, and vs
+  tokens per parameter per bit width (Kumar et al. 2024: over-trained models degrade more)."""
+  fig = Figure(figsize=(11, 4.2))
+  ax = fig.add_subplot(1, 2, 1)
+  models = sorted(rows.groupby(["N", "D"]).groups)
+  colors = _colors(len(models))
+  for (n, d), color in zip(models, colors):
+    for method, style in (("rtn", ":"), ("gptq", "-")):
+      g = rows[(rows.N == n) & (rows.D == d) & (rows.method == method)].sort_values("weight_bits")
+      if len(g):
+        ax.plot(g.weight_bits, g.delta, style, marker="o", ms=3, color=color, lw=1)
+    ax.plot([], [], color=color, label=f"N={n:.3g}, D/N={d / n:.2g}")
+  ax.plot([], [], "k:", label="RTN")
+  ax.plot([], [], "k-", label="GPTQ")
+  ax.set_yscale("symlog", linthresh=1e-3)
+  ax.set_xlabel("weight bits")
+  ax.set_ylabel("ΔNLL (nats/token)")
+  ax.legend(fontsize=6)
+  ax = fig.add_subplot(1, 2, 2)
+  gptq = rows[rows.method == "gptq"] if (rows.method == "gptq").any() else rows
+  for bits, color in zip(sorted(gptq.weight_bits.unique()), _colors(gptq.weight_bits.nunique())):
+    g = gptq[gptq.weight_bits == bits]
+    ax.scatter(g.D / g.N, g.delta, s=18, color=color, label=f"{bits:g} bits")
+  ax.set_xscale("log")
+  ax.set_yscale("symlog", linthresh=1e-3)
+  ax.set_xlabel("tokens per parameter D/N")
+  ax.set_ylabel("ΔNLL, " + str(gptq.method.iloc[0]).upper())
+  ax.legend(fontsize=7)
+  fig.suptitle(f"Post-training quantization; {PTQ_LAW}\n{len(rows)} PTQ entries", fontsize=9)
+  return fig
+
+
+def ptq_pred_vs_measured(pred: pd.DataFrame) -> Figure:
+  """Held-out-size predictions of ΔNLL (ptq_predictor.leave_one_size_out) vs measured."""
+  fig = Figure(figsize=(5.5, 5))
+  ax = fig.add_subplot()
+  for col, marker, label in (
+    ("pred_forest", "o", "random forest (Xu et al. 2024)"),
+    ("pred_law", "x", "δ_PTQ law (Kumar et al. 2024)"),
+  ):
+    if col in pred and pred[col].notna().any():
+      ok = pred[col].notna()
+      mae = np.mean(np.abs(pred[col][ok] - pred.delta[ok]))
+      ax.scatter(
+        pred[col][ok], pred.delta[ok], s=18, marker=marker, label=f"{label}, MAE {mae:.3g}"
+      )
+  lo = min(pred.delta.min(), pred.pred_forest.min())
+  hi = max(pred.delta.max(), pred.pred_forest.max())
+  ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+  ax.set_xscale("symlog", linthresh=1e-3)
+  ax.set_yscale("symlog", linthresh=1e-3)
+  ax.set_xlabel("predicted ΔNLL (model size held out)")
+  ax.set_ylabel("measured ΔNLL")
+  ax.legend(fontsize=7)
+  ax.set_title(
+    f"PTQ loss predictors, leave one size out\n{len(pred)} PTQ entries, {pred.N.nunique()} sizes",
+    fontsize=9,
+  )
   return fig

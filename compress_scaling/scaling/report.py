@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 
 import numpy as np
@@ -191,11 +192,13 @@ def _sparse_fit(runs, fits, notes) -> None:
 
 
 def _qat_fits(runs, table, notes) -> dict:
-  """Chen et al. QAT law for each quantization recipe run at several group sizes."""
+  """Chen et al. QAT law for each quantization recipe run at several group sizes. The recipe is
+  the label without its -gG parts, per-layer rules included, so FC2-at-8-bit runs
+  (`w4a4-g32[*/mlp/out=w4a8-g32]`) form their own family `w4a4[*/mlp/out=w4a8]`."""
   out = {}
   st = data_mod.spec_table(runs.compression.unique())
-  fam = st.quant_term.dropna().str.replace(r"-g\d+", "", regex=True)
-  fam = fam[st.loc[fam.index, "sparse_term"].isna()]
+  quant = st.index[st.quant_term.notna() & st.sparse_term.isna()]
+  fam = pd.Series(quant, index=quant).str.replace(r"-g\d+", "", regex=True)
   for family, members in fam.groupby(fam).groups.items():
     if len(members) < 2:  # one group setting: gamma_G is not identifiable
       continue
@@ -236,6 +239,7 @@ def _figures(out_dir, runs, table, held, gm, fits, notes) -> list[str]:
     emit("pred_vs_measured", pred_fig)
   for name, fit in fits.items():
     if name.startswith("qat_"):
-      emit(f"qat_delta_{name[4:]}", lambda fit=fit: plots.qat_delta(fit))
+      stem = re.sub(r"[^A-Za-z0-9.+=-]+", "_", name[4:]).strip("_")  # rules hold '*' and '/'
+      emit(f"qat_delta_{stem}", lambda fit=fit: plots.qat_delta(fit))
   emit("eff_per_bit", lambda: plots.eff_per_bit(table))
   return files

@@ -3,7 +3,7 @@
 DESIGN.md fixes the meaning of these forms: `dense`; `wXaY[-gG]` = X-bit integer weights and
 Y-bit integer activations (16 = unquantized), optional group size G; `sP` = P% unstructured
 sparsity; `n:m` = n kept of every m; combinations joined with `+` (`w4a16+s50`). Unknown
-quantization modifiers are kept in the string and ignored here.
+quantization and sparsity modifiers (`-gmse`, `-every10`) are kept in the string and ignored here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import re
 from compress_scaling.scaling.laws import UNQUANTIZED_BITS
 
 DENSE = "dense"
-_QUANT = re.compile(r"^w(\d+(?:\.\d+)?)a(\d+(?:\.\d+)?)((?:-[A-Za-z0-9.]+)*)$")
-_SPARSE = re.compile(r"^s(\d+(?:\.\d+)?)$")
-_NM = re.compile(r"^(\d+):(\d+)$")
+_MODS = r"((?:-[A-Za-z0-9.]+)*)"  # modifiers such as -gmse, -g32, -every10 (quant/, sparsity.py)
+_QUANT = re.compile(r"^w(\d+(?:\.\d+)?)a(\d+(?:\.\d+)?)" + _MODS + "$")
+_SPARSE = re.compile(r"^s(\d+(?:\.\d+)?)" + _MODS + "$")
+_NM = re.compile(r"^(\d+):(\d+)" + _MODS + "$")
 _GROUP = re.compile(r"-g(\d+)")
 
 

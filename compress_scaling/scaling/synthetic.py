@@ -78,6 +78,44 @@ def qat_runs(
   return pd.DataFrame(rows)
 
 
+# Frantar et al. 2023's sparse law in the notebook form, in the units of report._sparse_fit and
+# colabs/sparse_law.ipynb (N = non-zero parameters / 1e6, D = tokens / 1e9).
+SPARSE = dict(a=0.6, b=0.8, c=1.5, d=0.25, e=0.6, f=0.3, g=0.7)
+
+
+def sparse_runs(
+  params=SPARSE,
+  sparsities=(0.0, 0.5, 0.75, 0.875),
+  *,
+  sizes=SIZES,
+  tokens_per_param=TOKENS_PER_PARAM,
+  suffix: str = "",
+  noise: float = 0.003,
+  seed: int = 0,
+) -> pd.DataFrame:
+  """One run per (S, dense-shape N, D = r N) with L = laws.sparse_notebook(S, N (1 - S) / 1e6,
+  D / 1e9, **params) x exp(noise N(0, 1)); spec 'dense' or f's{100 S:g}{suffix}' (e.g. suffix
+  '-every10'), and a model.n_nonzero = N (1 - S) column."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for S in sparsities:
+    c = "dense" if S == 0 else f"s{100 * S:g}{suffix}"
+    for N in sizes:
+      for r in tokens_per_param:
+        L = laws.sparse_notebook(S, N * (1 - S) / 1e6, r * N / 1e9, **params)
+        rows.append(
+          {
+            "run_id": f"{c}-N{N:.3g}-r{r}",
+            "compression": c,
+            "N": N,
+            "D": r * N,
+            "loss": float(L * np.exp(noise * rng.standard_normal())),
+            "model.n_nonzero": N * (1 - S),
+          }
+        )
+  return pd.DataFrame(rows)
+
+
 def entry_from_row(row: dict, *, status: str = "complete", created=None) -> dict:
   """A schema-v1 log entry carrying a runs-table row (compression, N, D, loss)."""
   spec = str(row["compression"])
@@ -88,6 +126,8 @@ def entry_from_row(row: dict, *, status: str = "complete", created=None) -> dict
   created = created or datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
   d_model = row.get("model.d_model")
   d_model = 256 if d_model is None or not np.isfinite(d_model) else int(d_model)
+  n_nonzero = row.get("model.n_nonzero")
+  n_nonzero = row["N"] if n_nonzero is None or not np.isfinite(n_nonzero) else n_nonzero
   run_id = str(row.get("run_id") or hashlib.sha1(repr(sorted(row.items())).encode()).hexdigest())
   return {
     "schema": "compress_scaling/log_entry/v1",
@@ -112,7 +152,7 @@ def entry_from_row(row: dict, *, status: str = "complete", created=None) -> dict
       "vocab_size": 32000,
       "n_params": float(row["N"]),
       "n_params_total": float(row["N"]) * 1.2,
-      "n_nonzero": float(row["N"]),
+      "n_nonzero": float(n_nonzero),
       "bits_per_param": bits,
     },
     "data": {
