@@ -9,15 +9,22 @@ from ml_collections import config_flags
 
 from compress_scaling import compression, config_lib
 from configs import base
-from configs.sweeps import common, precision, qat_law, sparse_law, unified
+from configs.sweeps import common, precision, ptq, qat_law, sparse_law, unified
 from tests.conftest import REPO
 
-SWEEPS = {"unified": unified, "qat_law": qat_law, "precision": precision, "sparse_law": sparse_law}
+SWEEPS = {
+  "unified": unified,
+  "qat_law": qat_law,
+  "precision": precision,
+  "sparse_law": sparse_law,
+  "ptq": ptq,
+}
 COUNTS = {  # (paper, mini, quick); the module docstrings derive each
   "unified": (204, 102, 17),
   "qat_law": (416, 104, 26),
   "precision": (340, 102, 17),
   "sparse_law": (48, 36, 4),
+  "ptq": (12, 9, 2),
 }
 # Run names are workdir names, the resume key of a sweep: renaming a run orphans its finished
 # workdir. A digest of all names per variant catches accidental renames; update it on purpose.
@@ -30,6 +37,8 @@ NAME_DIGESTS = {
   ("precision", "mini"): "7f4d3b65258f",
   ("sparse_law", "paper"): "44f1e508eadd",
   ("sparse_law", "mini"): "ed30e1151af9",
+  ("ptq", "paper"): "7e8f8cd634f1",
+  ("ptq", "mini"): "a41e5ffd1916",
 }
 
 
@@ -63,6 +72,7 @@ def test_golden_names():
   assert qat_law.runs("paper")[-1].name == "595m_D100B_w16a4_fc2a8"
   assert precision.runs("paper")[0].name == "30m_D1.5B_dense"
   assert sparse_law.runs("mini")[-1].name == "0.5m_T500_s87.5-every10"
+  assert ptq.runs("paper")[-1].name == "200m_tpp320_dense"
   digests = {(s, v): _names_digest(SWEEPS[s].runs(v)) for s in SWEEPS for v in ("paper", "mini")}
   assert digests == NAME_DIGESTS
 
@@ -183,3 +193,18 @@ def test_arithmetic_helpers():
   est = common.estimate_cpu_seconds(unified.runs("mini"))
   assert 3600 < est < 1.5 * 3600  # the docstring's ~75 minutes
   assert common.estimate_cpu_seconds(unified.runs("paper")) is None  # no CPU model at 30m+
+
+
+def test_ptq_design():
+  from compress_scaling.ptq import run as ptq_run  # noqa: PLC0415
+
+  # every PTQ format is a weight-only spec the ptq CLI accepts, in canonical form
+  assert [f for f, _ in ptq_run.parse_formats(ptq.FORMATS)] == list(ptq.FORMATS)
+  assert ptq_run.parse_methods(ptq.METHODS) == list(ptq.METHODS)
+  tpp = {}
+  for r in ptq.runs("mini"):
+    o = r.overrides
+    n = common.n_params(o["model.size"])
+    tpp.setdefault(o["model.size"], []).append(o["total_steps"] * 16 * 128 / n)
+  for size, ratios in tpp.items():  # three ratios, 4x apart, each reached within one step
+    assert [round(x) for x in ratios] == [2, 8, 32], (size, ratios)
