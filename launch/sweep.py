@@ -1,7 +1,7 @@
 """Runs every config of a sweep, each in its own workdir; re-running resumes the sweep.
 
   python -m launch.sweep configs/sweeps/unified.py:mini --out DIR [--dry_run] [--jobs K]
-      [--only REGEX] [--slice I/N] [--config.<field>=<value> ...]
+      [--only REGEX] [--slice I/N] [--fit] [--config.<field>=<value> ...]
 
 Run from the repository root. Each run r of `runs(arg)` (configs/sweeps/common.py) trains as
 
@@ -25,7 +25,9 @@ output goes to DIR/_logs/<name>.log (for a gs:// DIR: a local folder, printed at
 shell-quoted, and the expected CPU time of a mini sweep, and runs nothing. SIGTERM (or Ctrl-C)
 stops the sweep: no new run starts and the running trainings get SIGTERM, on which they save a
 checkpoint (after Ctrl-C in a terminal they also get the SIGINT itself and resume from their last
-periodic checkpoint instead).
+periodic checkpoint instead). --fit then runs `python -m compress_scaling.fit` on DIR's log
+entries (output in DIR/fit; it prints the eff(C) table and the paths of the figures), also when
+some runs failed: the fit names what it lacks.
 """
 
 from __future__ import annotations
@@ -332,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--slice", help="I/N: keep runs I, I+N, ... (after --only)")
   parser.add_argument("--log_dir", help="per-run console logs (default DIR/_logs)")
   parser.add_argument("--tag", default="", help="suffix of the failures file: failures<TAG>.json")
+  parser.add_argument(
+    "--fit",
+    action="store_true",
+    help="afterwards fit the unified law to DIR's log entries (compress_scaling.fit --out "
+    "DIR/fit): prints the eff table and the figure paths",
+  )
   args, rest = parser.parse_known_args(argv)
   try:
     extra = parse_config_overrides(rest)
@@ -428,7 +436,26 @@ def main(argv: list[str] | None = None) -> int:
     + (f"; failures in {runner.failures_path}" if runner.failures else ""),
     file=sys.stderr,
   )
+  if args.fit and not runner.stopping:
+    fit_rc = fit(args.out)
+    if fit_rc:
+      return fit_rc
   return 1 if failed or runner.stopping else 0
+
+
+def fit(out: str) -> int:
+  """compress_scaling.fit on the sweep's log entries, output in DIR/fit; its exit code."""
+  cmd = [
+    sys.executable,
+    "-m",
+    "compress_scaling.fit",
+    "--runs",
+    join(out, "**/log_entry.json"),
+    "--out",
+    join(out, "fit"),
+  ]
+  print(f"# {shell(cmd)}", file=sys.stderr, flush=True)
+  return subprocess.call(cmd, cwd=REPO)
 
 
 if __name__ == "__main__":
