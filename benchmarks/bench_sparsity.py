@@ -32,6 +32,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from compress_scaling import cpu_flags  # noqa: E402
+
+cpu_flags.apply()  # the XLA:CPU settings of the training entry point
+
 import jax  # noqa: E402
 from bench_quant import (  # noqa: E402  (shared timing harness, beside this script)
   Variant,

@@ -18,6 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from compress_scaling import cpu_flags  # noqa: E402
+
+cpu_flags.apply()  # the XLA:CPU settings of the training entry point
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -93,7 +97,7 @@ def main():
   parser.add_argument("--seq", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  print(f"devices: {jax.devices()}")
+  print(f"devices: {jax.devices()}  XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}")
   print(
     f"{'size':>6} {'N':>10} {'step ms':>9} {'tokens/s':>10} {'GFLOP/s':>9} "
     f"{'matmul GFLOP/s':>15} {'ratio':>6}"

@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from compress_scaling import cli_logging, paths
+from compress_scaling import cli_logging, cpu_flags, paths
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/base.py", "Run config file.", lock_config=True
@@ -42,6 +42,7 @@ def maybe_initialize_distributed() -> None:
 
 def main(argv):
   del argv
+  cpu_flags.apply()  # before JAX creates its CPU client
   cli_logging.install()
   maybe_initialize_distributed()
   from compress_scaling import checkpoint, config_lib, train  # noqa: PLC0415
