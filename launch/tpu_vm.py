@@ -11,8 +11,9 @@ Steps, each a `gcloud compute tpus tpu-vm` command run locally (printed to stdou
      --others --exclude-standard`: tracked files plus untracked, not-ignored ones, so
      uncommitted work is included and .venv, runs/ are not) scp'd to every worker
      (--worker=all), unpacked into ~/compress_scaling; then uv installs Python 3.11 and
-     `pip install -e '.[data]' jax[tpu] gcsfs` into ~/compress_scaling_venv. scp rather than
-     git clone: the VM needs no credentials for the repository and gets exactly this tree.
+     `pip install -e '.[data]' jax[tpu] gcsfs google-cloud-storage` into
+     ~/compress_scaling_venv (gs:// for etils.epath and tensorboardX). scp rather than git
+     clone: the VM needs no credentials for the repository and gets exactly this tree.
   3. ssh --worker=all: `python -m launch.preflight --processes=N` (every worker checks that
      jax.process_count() == N and that the mesh resolves over the slice's devices), then either
      `python -m compress_scaling.main --config=... --workdir=ROOT/RUN --config.*=...` or
@@ -54,7 +55,7 @@ REMOTE_DIR = "compress_scaling"  # relative to the remote $HOME, like everything
 REMOTE_VENV = "compress_scaling_venv"
 REMOTE_TARBALL = "compress_scaling.tar.gz"
 REMOTE_LOG = "compress_scaling_launch.log"
-DEFAULT_PIP = ("jax[tpu]", "gcsfs")
+DEFAULT_PIP = ("jax[tpu]", "gcsfs", "google-cloud-storage")  # epath, tensorboardX on gs://
 UV_INSTALL = "https://astral.sh/uv/install.sh"
 _NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # Cloud TPU node names
 _ZONE_RE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")

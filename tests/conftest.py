@@ -11,6 +11,10 @@ import time
 
 import pytest
 
+from compress_scaling import cpu_flags
+
+cpu_flags.apply()  # in-process tests compile as the training entry point does
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference"
 
@@ -91,7 +95,7 @@ def reference_dir() -> pathlib.Path:
 
 
 # The tiny real sweep the colab tests read: configs/sweeps/unified.py:mini at 0.1m and 0.2m,
-# 1 token/param, these compressions, every run cut to 20 steps of 8 x 64 tokens (~1 minute).
+# D = 215K, these compressions, every run cut to 20 steps of 8 x 64 tokens (~1 minute).
 MINI_SWEEP_COMPRESSIONS = ("dense", "w4a16-gmse", "w4a4-gmse", "s50-every10")
 
 
@@ -109,7 +113,7 @@ def mini_sweep(tmp_path_factory) -> pathlib.Path:
     "launch.sweep",
     "configs/sweeps/unified.py:mini",
     f"--out={out}",
-    rf"--only=^0\.[12]m_tpp1_({names})$",
+    rf"--only=^0\.[12]m_D215K_({names})$",
     "--jobs=2",
     "--config.total_steps=20",
     "--config.eval_every=20",

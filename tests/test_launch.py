@@ -55,8 +55,8 @@ def _write_entry(workdir, status, config=None):
 
 def test_load_select_and_slice():
   sweep = sweep_lib.load_sweep("configs/sweeps/unified.py:mini")
-  assert sweep.base_config == "configs/base.py" and len(sweep.runs) == 102
-  only = sweep_lib.select(sweep.runs, r"^0\.1m_tpp1_w\d+a\d+-gmse$", None)
+  assert sweep.base_config == "configs/base.py" and len(sweep.runs) == 41
+  only = sweep_lib.select(sweep.runs, r"^0\.1m_D215K_w\d+a\d+-gmse$", None)
   assert len(only) == 10
   parts = [sweep_lib.select(sweep.runs, None, (i, 4)) for i in range(4)]
   assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in sweep.runs)
@@ -80,29 +80,34 @@ def test_extra_overrides_are_checked(capsys):
 
 def test_dry_run_quotes_commands_and_skips_finished(tmp_path, capsys):
   out = tmp_path / "out dir"  # a space, to exercise the quoting
-  _write_entry(out / "0.1m_tpp1_dense", "complete")
-  _write_entry(out / "0.1m_tpp1_w8a16-gmse", "diverged")
-  _write_entry(out / "0.1m_tpp1_w4a16-gmse", "stopped")  # interrupted: resumes
-  (out / "0.1m_tpp1_w3a16-gmse").mkdir()
-  (out / "0.1m_tpp1_w3a16-gmse" / "log_entry.json").write_text("{corrupt")  # main reports it
+  _write_entry(out / "0.1m_D215K_dense", "complete")
+  _write_entry(out / "0.1m_D215K_w8a16-gmse", "diverged")
+  _write_entry(out / "0.1m_D215K_w4a16-gmse", "stopped")  # interrupted: resumes
+  (out / "0.1m_D215K_w3a16-gmse").mkdir()
+  (out / "0.1m_D215K_w3a16-gmse" / "log_entry.json").write_text("{corrupt")  # main reports it
   sweep = sweep_lib.load_sweep("configs/sweeps/unified.py:quick")
   by_name = {r.name: r for r in sweep.runs}
   config = base.get_config()
-  common.apply_overrides(config, by_name["0.1m_tpp1_w2a16-gmse"].overrides)
-  _write_entry(out / "0.1m_tpp1_w2a16-gmse", "complete", config.to_dict())  # up to date
-  common.apply_overrides(config, by_name["0.1m_tpp1_w1a16-gmse"].overrides)
+  common.apply_overrides(config, by_name["0.1m_D215K_w2a16-gmse"].overrides)
+  _write_entry(out / "0.1m_D215K_w2a16-gmse", "complete", config.to_dict())  # up to date
+  common.apply_overrides(config, by_name["0.1m_D215K_w1a16-gmse"].overrides)
   config.total_steps = 999  # the sweep changed since this run finished
   config.optimizer.lr = 0.5
-  _write_entry(out / "0.1m_tpp1_w1a16-gmse", "complete", config.to_dict())
+  _write_entry(out / "0.1m_D215K_w1a16-gmse", "complete", config.to_dict())
   extra = "--config.data.cache_dir=/tmp/a b;c"
   rc = sweep_lib.main(["configs/sweeps/unified.py:quick", f"--out={out}", "--dry_run", extra])
   assert rc == 0
   printed = capsys.readouterr().out.splitlines()
   assert "17 runs selected of 17, 3 already finished, 13 to run" in printed[0]
-  assert printed[1].startswith("# STALE 0.1m_tpp1_w1a16-gmse: finished with other total_steps ")
+  assert printed[1].startswith("# STALE 0.1m_D215K_w1a16-gmse: finished with other total_steps ")
   assert "on 2 CPU cores" in printed[2]
   commands = [shlex.split(line) for line in printed if not line.startswith("#")]
-  done = ("0.1m_tpp1_dense", "0.1m_tpp1_w8a16-gmse", "0.1m_tpp1_w2a16-gmse", "0.1m_tpp1_w1a16-gmse")
+  done = (
+    "0.1m_D215K_dense",
+    "0.1m_D215K_w8a16-gmse",
+    "0.1m_D215K_w2a16-gmse",
+    "0.1m_D215K_w1a16-gmse",
+  )
   todo = [r for r in sweep.runs if r.name not in done]
   extra_dict = sweep_lib.parse_config_overrides([extra])
   assert commands == [sweep_lib.command(sweep, r, str(out), extra_dict) for r in todo]
@@ -111,7 +116,7 @@ def test_dry_run_quotes_commands_and_skips_finished(tmp_path, capsys):
     "-m",
     "compress_scaling.main",
     "--config=configs/base.py",
-    f"--workdir={out}/0.1m_tpp1_w4a16-gmse",
+    f"--workdir={out}/0.1m_D215K_w4a16-gmse",
   ]
   assert "--config.compression=w4a16-gmse" in first and first[-1] == extra
   assert not (out / "failures.json").exists() and not (out / "_logs").exists()

@@ -24,28 +24,28 @@ gs://.../spm.model` (with the default byte tokenizer a "token" is a byte). total
 ceil(tokens_per_param x N / 262,144), e.g. 30m (30.48M) x 50 = 1.52B tokens = 5,815 steps;
 200m (203.2M) x 200 = 40.6B tokens = 155,021 steps.
 
-mini (102 runs): the same 17 C at the CPU sizes 0.1m 0.2m 0.5m and
-1 and 2 tokens/param, batch 16 x seq 128 = 2,048 tokens/step, peak LR 3e-3 (base.py), sparse
-masks updated every 10 steps (`-every10`: the default 100 would leave a 100-step run one
-update). Steps = ceil(tpp x N / 2,048):
+mini (41 runs; README's main job, `--jobs 2 --fit`): the 17 C at the CPU sizes 0.1m and 0.2m,
+both trained on the same D = 215K tokens (105 steps), plus a dense 3 x 3 grid that pins down
+the base law: 0.1m, 0.2m, 0.5m x D = 109K, 215K, 428K tokens (53, 105, 209 steps of 16 x 128 =
+2,048 tokens). At this scale the loss is still mostly data-limited (tokens/param 0.2-4): the
+N term moves the loss by only ~0.03 nats per doubling of N at 215K tokens, so eff(C) is read
+where it is best conditioned, at equal D for both sizes with dense runs at the same points
+(two-stage fit: the base law's residuals there are the dense runs' own). Peak LR 3e-3
+(base.py); sparse masks updated every 10 steps (`-every10`: the default 100 would leave a
+105-step run one update). Mini runs are named by D (`0.2m_D215K_w4a4-gmse`), paper runs by
+tokens per parameter.
 
-    size   N        1 tok/param          2 tok/param
-    0.1m   106,816   53 steps (109k tok)   105 steps (215k tok)
-    0.2m   213,568  105 steps (215k tok)   209 steps (428k tok)
-    0.5m   473,872  232 steps (475k tok)   463 steps (948k tok)
+9.1M training tokens in all: the 34 runs at D = 215K 7.3M, the 7 other dense cells 1.8M.
+Measured on the quiet 2-core box: the sweep with `--jobs 2` took 584 s and the fit 28 s (two
+runs at a time each ran at ~20k / 11k / 11k tokens/s for 0.1m / 0.2m / 0.5m, ~27 s a run);
+`--dry_run` estimates ~16 minutes from the conservative busy-box model in common.py. README
+lists which eff orderings this reproduces, as measured. A denser design (all 17 C at three
+sizes x two budgets: 102 runs, ~75 minutes) does not fit the 15-minute budget of the main
+job.
 
-Per C that is 2.39M tokens. CPU time (common.CPU_TOKENS_PER_S, measured on the shared 2-core
-box: ~20k / 15k / 10k tokens/s for 0.1m / 0.2m / 0.5m, plus ~10 s per run for start-up,
-compile, evals and checkpoints): 0.1m 0.32M/20k = 16 s, 0.2m 0.64M/15k = 43 s, 0.5m 1.42M/10k
-= 142 s, plus 6 x 10 s, so ~260 s per C and ~75 minutes for all 17 C; up to 2x that when the
-box is busy (`python -m launch.sweep configs/sweeps/unified.py:mini --out DIR --dry_run` prints
-the estimate). A ~10-minute sweep of this whole design does not exist on 2 cores: 102 runs
-cost ~17 minutes of fixed per-run cost alone, and 0.5m at 2 tokens/param is ~1.5 minutes a
-run.
-
-quick (17 runs, ~4 minutes, measured): the mini runs at 0.1m and 1 token/param, one per C: a
-pipeline check that trains every compression once. Its runs are mini runs (same names and
-overrides).
+quick (17 runs, ~3 minutes, measured): the mini runs at 0.1m, one per C: a pipeline check that
+trains every compression once (too small to fit: one size). Its runs are mini runs (same names
+and overrides).
 """
 
 from __future__ import annotations
@@ -67,47 +67,66 @@ def compressions(sparse_suffix: str = "") -> tuple[str, ...]:
 PAPER_SIZES = ("30m", "50m", "100m", "200m")
 PAPER_TPP = (50, 100, 200)
 PAPER_LR = {"30m": 1.2e-3, "50m": 1.2e-3, "100m": 6e-4, "200m": 3e-4}  # Panferov et al. [V]
-MINI_SIZES = ("0.1m", "0.2m", "0.5m")
-MINI_TPP = (1, 2)
+MINI_SIZES = ("0.1m", "0.2m")  # every C, at MINI_C_STEPS
+MINI_DENSE_SIZES = ("0.1m", "0.2m", "0.5m")  # dense, at every MINI_STEPS
+MINI_STEPS = (53, 105, 209)  # x 2,048 tokens: D = 109K, 215K, 428K
+MINI_C_STEPS = 105
 
 
 def shared(variant: str) -> dict:
   return common.shared_fields(variant, batch_size=512, seq_len=512)
 
 
-def _all_runs(variant: str) -> list[common.Run]:
-  paper = variant == "paper"
-  sizes, tpps = (PAPER_SIZES, PAPER_TPP) if paper else (MINI_SIZES, MINI_TPP)
-  comps = compressions("" if paper else "-every10")
-  base = shared(variant)
+def _paper_runs(base: dict) -> list[common.Run]:
   out = []
-  for size in sizes:
-    for tpp in tpps:
+  for size in PAPER_SIZES:
+    for tpp in PAPER_TPP:
       steps = common.steps_for_tokens(
         tpp * common.n_params(size), base["batch_size"], base["seq_len"]
       )
-      if paper:
-        per_size = {"optimizer.lr": PAPER_LR[size], **common.cadence(steps, 10, 1000, 100)}
-      else:
-        per_size = common.cadence(steps, 2, steps // 2, 25)
-      for comp in comps:
+      per_size = {"optimizer.lr": PAPER_LR[size], **common.cadence(steps, 10, 1000, 100)}
+      for comp in compressions():
+        overrides = {**base, "model.size": size, "compression": comp, "total_steps": steps}
         out.append(
-          common.Run(
-            f"{size}_tpp{tpp}_{common.spec_slug(comp)}",
-            {
-              **base,
-              "model.size": size,
-              "compression": comp,
-              "total_steps": steps,
-              **per_size,
-            },
-          )
+          common.Run(f"{size}_tpp{tpp}_{common.spec_slug(comp)}", {**overrides, **per_size})
         )
   return out
 
 
+def _mini_runs(base: dict) -> list[common.Run]:
+  cells = [(size, MINI_C_STEPS, compressions("-every10")) for size in MINI_SIZES]
+  cells += [
+    (size, steps, ("dense",))
+    for size in MINI_DENSE_SIZES
+    for steps in MINI_STEPS
+    if not (size in MINI_SIZES and steps == MINI_C_STEPS)
+  ]
+  out = []
+  for size, steps, comps in cells:
+    tokens = steps * base["batch_size"] * base["seq_len"]
+    for comp in comps:
+      out.append(
+        common.Run(
+          f"{size}_D{tokens / 1e3:.0f}K_{common.spec_slug(comp)}",
+          {
+            **base,
+            "model.size": size,
+            "compression": comp,
+            "total_steps": steps,
+            **common.cadence(steps, 2, steps // 2, 25),
+          },
+        )
+      )
+  return out
+
+
+def _all_runs(variant: str) -> list[common.Run]:
+  base = shared(variant)
+  return _paper_runs(base) if variant == "paper" else _mini_runs(base)
+
+
 runs = common.make_runs(
   _all_runs,
-  quick=lambda r: r.name.startswith(f"{MINI_SIZES[0]}_tpp{MINI_TPP[0]}_"),
+  quick=lambda r: r.name.startswith(f"{MINI_SIZES[0]}_D215K_"),
 )
 get_config = common.make_get_config(_all_runs, shared)
