@@ -229,7 +229,7 @@ def fit_eff(
           bth = base_theta(base_fit.bootstrap).T  # one (a, b, e, alpha, beta) row per draw
         else:
           bth = np.broadcast_to(th, (bootstrap, 5))
-        draws = np.exp(_boot_two_stage(dense, comp, comps, bth, u_hat, bootstrap, seed, delta))
+        draws = _finite_exp(_boot_two_stage(dense, comp, comps, bth, u_hat, bootstrap, seed, delta))
     eff_hat = np.exp(u_hat)
   else:
     base_fit, eff_hat, draws = _fit_joint(
@@ -284,8 +284,16 @@ def _fit_joint(df, comps, *, delta, bootstrap, seed, halving, who):
     normalize="sum",
     info=dict(protocol="joint"),
   )
-  draws = np.exp(raw.boot[:, 5:]) if raw.boot is not None else None
+  draws = _finite_exp(raw.boot[:, 5:]) if raw.boot is not None else None
   return base_fit, np.exp(raw.theta[5:]), draws
+
+
+def _finite_exp(log_draws: np.ndarray) -> np.ndarray:
+  """exp of bootstrap draws of log eff; a resample whose fit ran off (non-finite, or eff past
+  1e6 either way) is NaN, left out of the intervals (numpy's overflow warning is expected)."""
+  with np.errstate(over="ignore", invalid="ignore"):
+    out = np.exp(log_draws)
+  return np.where(np.isfinite(out) & (np.abs(log_draws) < np.log(1e6)), out, np.nan)
 
 
 def _eff_table(df, comps, eff_hat, draws, level, protocol, base_fit, skipped):
@@ -303,7 +311,10 @@ def _eff_table(df, comps, eff_hat, draws, level, protocol, base_fit, skipped):
       if draws is not None:
         col = draws[:, k - 1]
         lo, hi = np.nanpercentile(col, [lo_q, hi_q])
-        se = float(np.nanstd(col, ddof=1))
+        # Half the central 68.3% interval: the standard deviation for Gaussian draws, and
+        # robust to the heavy tails a bootstrap of two or three runs per C has.
+        q16, q84 = np.nanpercentile(col, [15.865, 84.135])
+        se = float((q84 - q16) / 2)
       else:
         lo = hi = se = np.nan
     b = float(np.nanmedian(bits[sel])) if sel.any() else np.nan
