@@ -25,6 +25,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from compress_scaling import cpu_flags  # noqa: E402
+
+cpu_flags.apply()  # the XLA:CPU settings of the training entry point
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 

@@ -248,3 +248,15 @@ def test_ptq_colab_on_a_trained_ladder(ptq_entries, tmp_path, monkeypatch):
   assert "| forest " in text and "| law " in text  # both predictors scored on held-out sizes
   for name in ("ptq_delta", "ptq_pred_vs_measured"):
     assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
+
+
+def test_workdir_globs_keep_run_folders(tmp_path):
+  for name in ("a", "b", "a-ptq", "_logs"):
+    (tmp_path / name).mkdir()
+  for name in ("a", "b", "a-ptq"):
+    (tmp_path / name / "log_entry.json").write_text("{}")
+  (tmp_path / "failures.json").write_text("{}")
+  assert run.expand_workdirs([str(tmp_path / "*")]) == [str(tmp_path / "a"), str(tmp_path / "b")]
+  assert run.expand_workdirs([str(tmp_path / "_logs")]) == [str(tmp_path / "_logs")]  # as given
+  with pytest.raises(ValueError, match="matches no run folder"):
+    run.expand_workdirs([str(tmp_path / "_l*")])

@@ -4,21 +4,21 @@
       --methods rtn,gptq [--out DIR] [--calib_batches 16 --block_size 128 --damp 0.01 \
       --act_order --nosequential]
 
---workdir takes run folders or globs (e.g. 'runs/ptq/*'); folders without a log entry are
-errors, not skipped. One log entry per (run, format, method), kind "ptq", in
-`<out or W-ptq>/<format>_<method>/`; the run's own workdir is only read. Exit code 2 with a
-message on bad flags or a workdir without a finished run.
+--workdir takes run folders or globs (e.g. 'runs/ptq/*': the matching folders that hold a
+log_entry.json, so a sweep's _logs/ and earlier -ptq outputs are passed over). One log entry
+per (run, format, method), kind "ptq", in `<out or W-ptq>/<format>_<method>/`; the run's own
+workdir is only read. Exit code 2 with a message on bad flags or a workdir without a finished
+run.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
 from absl import app, flags, logging
 
-from compress_scaling import cli_logging
+from compress_scaling import cli_logging, cpu_flags
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", None, "Finished run folder(s) or globs.")
 _FORMATS = flags.DEFINE_string("formats", None, "Comma-separated weight-only specs.")
@@ -34,19 +34,10 @@ _DIRECTIONS = flags.DEFINE_integer("directions", 2, "Random directions per radiu
 flags.mark_flags_as_required(["workdir", "formats"])
 
 
-def _workdirs(patterns) -> list[str]:
-  out = []
-  for p in patterns:
-    matches = sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p]
-    if not matches:
-      raise ValueError(f"--workdir {p!r} matches nothing")
-    out += [m for m in matches if not m.rstrip("/").endswith("-ptq")]
-  return out
-
-
 def main(argv):
   del argv
   cli_logging.install()
+  cpu_flags.apply()  # before JAX creates its CPU client
   from compress_scaling import config_lib  # noqa: PLC0415 -- JAX after flags
   from compress_scaling.ptq import base_run, run  # noqa: PLC0415
 
@@ -61,7 +52,7 @@ def main(argv):
       **({"radii": tuple(float(r) for r in _RADII.value)} if _RADII.value else {}),
     )
     formats, methods = run.parse_formats(_FORMATS.value), run.parse_methods(_METHODS.value)
-    workdirs = _workdirs(_WORKDIR.value)
+    workdirs = run.expand_workdirs(_WORKDIR.value)
     if _OUT.value and len(workdirs) > 1:
       raise ValueError("--out names one output root; give it with a single --workdir")
     for workdir in workdirs:

@@ -20,6 +20,7 @@ A run trained with quantized weights is quantized from its latent float weights.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import os
 import re
@@ -103,6 +104,26 @@ def parse_methods(methods) -> list[str]:
   bad = [m for m in out if m not in METHODS]
   if bad or not out:
     raise ValueError(f"--methods: unknown {bad or methods!r}; allowed: {', '.join(METHODS)}")
+  return out
+
+
+def expand_workdirs(patterns) -> list[str]:
+  """Run folders: a plain path is taken as is (and fails later if it holds no finished run);
+  a glob keeps the folders holding a log_entry.json (not the sweep's _logs/ or the -ptq
+  outputs of an earlier call)."""
+  out = []
+  for p in patterns:
+    if not any(c in p for c in "*?["):
+      out.append(p)
+      continue
+    matches = [
+      m
+      for m in sorted(glob.glob(p))
+      if os.path.isfile(os.path.join(m, "log_entry.json")) and not m.rstrip("/").endswith("-ptq")
+    ]
+    if not matches:
+      raise ValueError(f"--workdir {p!r} matches no run folder (one holding a log_entry.json)")
+    out += matches
   return out
 
 

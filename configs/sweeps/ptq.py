@@ -18,12 +18,12 @@ nearest) x 20, 80, 320 tokens/param (their D runs from 1.5B to 26B tokens, i.e. 
 tokens/param), context 1024 x batch 256 (262,144 tokens/step), peak LR 6e-4 [V], AdamW (0.9,
 0.95), wd 0.1, 10% warmup, cosine, bfloat16, C4 via data.source=tfds.
 
-mini (9 runs): 0.1m 0.2m 0.5m x 2, 8, 32 tokens/param, batch 16 x 128 = 2,048 tokens/step
-(base.py otherwise). CPU time (common.CPU_TOKENS_PER_S: ~20k / 15k / 10k tokens/s): 0.1m
-4.5M tokens 225 s, 0.2m 9.0M 598 s, 0.5m 19.9M 1,990 s, plus 9 x 10 s: ~48 minutes (up to 2x
-on a busy box); PTQ of the 9 runs to the 6 formats x 2 methods adds a few minutes.
+mini (9 runs): 0.1m 0.2m 0.5m x 1, 4, 16 tokens/param, batch 16 x 128 = 2,048 tokens/step
+(base.py otherwise). CPU time (common.CPU_TOKENS_PER_S, quiet 2-core box: ~35k / 25k / 15k
+tokens/s): 0.1m 2.2M tokens 64 s, 0.2m 4.5M 180 s, 0.5m 10.0M 663 s, plus ~5 s a run: ~15
+minutes (up to 2x on a busy box); PTQ of the 9 runs to the 6 formats x 2 methods adds ~5.
 
-quick (2 runs): the mini runs at 0.1m and 2 and 8 tokens/param (~1 minute).
+quick (2 runs): the mini runs at 0.1m and 1 and 4 tokens/param (~1 minute).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ METHODS = ("rtn", "gptq")
 PAPER_SIZES = ("30m", "50m", "100m", "200m")
 PAPER_TPP = (20, 80, 320)
 MINI_SIZES = ("0.1m", "0.2m", "0.5m")
-MINI_TPP = (2, 8, 32)
+MINI_TPP = (1, 4, 16)
 
 
 def shared(variant: str) -> dict:
@@ -66,6 +66,7 @@ def _all_runs(variant: str) -> list[common.Run]:
 
 
 runs = common.make_runs(
-  _all_runs, quick=lambda r: r.name.startswith(f"{MINI_SIZES[0]}_") and "tpp32" not in r.name
+  _all_runs,
+  quick=lambda r: r.name.startswith(f"{MINI_SIZES[0]}_") and f"tpp{MINI_TPP[-1]}" not in r.name,
 )
 get_config = common.make_get_config(_all_runs, shared)
