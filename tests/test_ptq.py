@@ -260,3 +260,41 @@ def test_workdir_globs_keep_run_folders(tmp_path):
   assert run.expand_workdirs([str(tmp_path / "_logs")]) == [str(tmp_path / "_logs")]  # as given
   with pytest.raises(ValueError, match="matches no run folder"):
     run.expand_workdirs([str(tmp_path / "_l*")])
+
+
+def test_format_that_does_not_fit_the_model_fails_before_writing(base, tmp_path):
+  out = tmp_path / "out"
+  with pytest.raises(ValueError, match=r"--formats 'w4a16-g48' does not fit .*group_size=48"):
+    run.quantize_run(str(base), ["w4a16", "w4a16-g48"], ["rtn"], out=str(out))
+  assert not out.exists()  # checked before anything was quantized or written
+
+
+def test_findings_on_a_hand_table():
+  import pandas as pd  # noqa: PLC0415
+
+  from compress_scaling.scaling import ptq_predictor  # noqa: PLC0415
+
+  rows = []
+  for d, scale in ((1e5, 1.0), (4e5, 2.0)):
+    for method, gain in (("rtn", 1.0), ("gptq", 0.5)):
+      for bits, delta in ((8, 1e-4), (4, 0.01), (3, 0.04)):
+        noisy = -1e-4 if (bits == 8 and d == 4e5) else delta * scale * gain
+        rows.append(
+          dict(
+            N=1e5,
+            D=d,
+            method=method,
+            group=0.0,
+            weight_bits=bits,
+            compression=f"w{bits}a16",
+            delta=noisy,
+          )
+        )
+  rows[-1]["delta"] = 0.015  # 3-bit GPTQ at the larger D: below RTN, but below its D = 1e5 value
+  f = ptq_predictor.findings(pd.DataFrame(rows)).set_index("finding")
+  assert f.loc["ΔNLL falls with bits", "holds"] == 1.0
+  assert f.loc["ΔNLL falls with bits", "cases"] == 4
+  assert f.loc["GPTQ beats RTN at 3 bits", "holds"] == 1.0
+  over = f.loc["more tokens per parameter, larger ΔNLL"]
+  # 8-bit (below the 1e-3 noise floor) is not counted; 3 of the 4 others grow with D
+  assert (over["cases"], over["holds"]) == (4, 0.75)

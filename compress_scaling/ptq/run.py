@@ -186,6 +186,18 @@ class _Model:
     return num / den
 
 
+def _check_shapes(m: _Model, todo) -> None:
+  """Every requested format fits every kernel (e.g. a group size must divide each input
+  dim), checked before anything of this run is quantized or written."""
+  for spec, comp, _, _ in todo:
+    for path in m.paths:
+      d_in = base_run.get_path(m.params, path).shape[0]
+      try:
+        comp.weights.validate_for(d_in, what=f"input dim of {'/'.join(path[:-2])}")
+      except ValueError as e:
+        raise ValueError(f"--formats {spec!r} does not fit {m.base.workdir}: {e}") from e
+
+
 def model_factors(m: _Model, base_loss: float) -> dict:
   entry = m.base.entry
   n, d = entry["model"]["n_params"], entry["data"]["tokens_seen"]
@@ -224,6 +236,7 @@ def quantize_run(workdir: str, formats, methods, *, out: str | None = None, opts
   t0 = time.perf_counter()
   base = base_run.load(workdir)
   m = _Model(base, opts)
+  _check_shapes(m, todo)
   base_loss, n_tokens = m.loss(m.params)
   logging.info("base %s: eval loss %.4f (%d tokens)", base.entry["run_id"], base_loss, n_tokens)
   model_f = model_factors(m, base_loss)

@@ -8,7 +8,7 @@ lose more (Kumar et al. Fig. 2: δ_PTQ grows with D/N).
 
     python -m launch.sweep configs/sweeps/ptq.py:mini --out runs/ptq
     python -m compress_scaling.ptq --workdir 'runs/ptq/*' --formats w8a16,w4a16,w3a16,w2a16,\
-w4a16-g32,w3a16-g32 --methods rtn,gptq
+w4a16-g16,w3a16-g16 --methods rtn,gptq
 
 (`ptq.FORMATS`; the ptq CLI skips the `-ptq` output folders it finds in the glob.) Then
 colabs/ptq.ipynb fits Kumar's δ_PTQ law and the random-forest predictor over held-out sizes.
@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from configs.sweeps import common
 
-FORMATS = ("w8a16", "w4a16", "w3a16", "w2a16", "w4a16-g32", "w3a16-g32")
+# Groups of 16 divide every input dim of both ladders (0.5m has d_model 112).
+FORMATS = ("w8a16", "w4a16", "w3a16", "w2a16", "w4a16-g16", "w3a16-g16")
 METHODS = ("rtn", "gptq")
 PAPER_SIZES = ("30m", "50m", "100m", "200m")
 PAPER_TPP = (20, 80, 320)
