@@ -8,16 +8,14 @@ workdir is created, cleaned up or rewritten.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 
-from compress_scaling import checkpoint, compression, data, logbook, sharding, steps, train
+from compress_scaling import checkpoint, compression, data, logbook, model, steps, train
 
 
 class BaseRunError(ValueError):
@@ -54,8 +52,6 @@ class BaseRun:
     plan = dataclasses.replace(
       plan, default=strip(plan.default), rules=tuple((p, strip(c)) for p, c in plan.rules)
     )
-    from compress_scaling import model  # noqa: PLC0415 -- only here
-
     module = model.Transformer(self.setup.resolved.model, plan)
     return dataclasses.replace(self.setup, module=module)
 
@@ -123,10 +119,3 @@ def load(workdir: str, *, calib_seed: int | None = None) -> BaseRun:
     process_count=jax.process_count(),
   )
   return BaseRun(workdir, entry, setup, batches, state)
-
-
-@contextlib.contextmanager
-def in_mesh(setup: steps.Setup):
-  """The mesh and logical-axis rules under which the model is applied."""
-  with setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    yield

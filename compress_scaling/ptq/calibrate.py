@@ -33,11 +33,11 @@ def _capture_fn(setup, blocks: frozenset[int] | None):
         )
         if in_scope:
           x = args[0].reshape(-1, args[0].shape[-1]).astype(jnp.float32)
-          g = x.T @ x
+          g, n = x.T @ x, jnp.asarray(x.shape[0], jnp.float32)
           key = "/".join(path)
           if key in grams:  # a projection called twice (not in this model) accumulates
-            g = g + grams[key][0]
-          grams[key] = (g, jnp.asarray(x.shape[0], jnp.float32))
+            g, n = g + grams[key][0], n + grams[key][1]
+          grams[key] = (g, n)
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):

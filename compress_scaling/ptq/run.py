@@ -148,6 +148,13 @@ class _Model:
     self.eval_batches = base.batches.eval(cfg.eval_batches)
     self.probe = self.eval_batches[: max(1, opts.probe_batches)]
     self.calib = [base.batches.train(s) for s in range(opts.calib_batches)]
+    # The unquantized model's Hessians: GPTQ's without --sequential, and the reference of
+    # every entry's reconstruction error (whose denominator is therefore fixed per model).
+    self.base_hessians = self.hessians(self.params)
+    self._recon_den = sum(
+      float(gptq.reconstruction_error(w, jnp.zeros_like(w), self._hessian_of(path)))
+      for path, w in ((p, base_run.get_path(self.params, p)) for p in self.paths)
+    )
 
   def loss(self, params, batches=None) -> tuple[float, int]:
     state = {"params": params, "masks": self.masks}
@@ -156,14 +163,17 @@ class _Model:
   def hessians(self, params, blocks=None):
     return calibrate.hessians(self.setup, params, self.masks, self.calib, blocks)
 
-  def quantize(self, spec, method: str, base_hessians) -> jax.Array:
+  def _hessian_of(self, path):
+    return self.base_hessians["/".join(path[:-2])]
+
+  def quantize(self, spec, method: str) -> jax.Array:
     """params with every block kernel quantized by `method`."""
     o, q = self.opts, self.params
     n_layers = self.setup.resolved.model.dims.n_layers
     for layer in range(n_layers):
       block = [p for p in self.paths if p[0] == f"block_{layer}"]
       if method == "gptq":
-        hs = self.hessians(q, [layer]) if o.sequential else base_hessians
+        hs = self.hessians(q, [layer]) if o.sequential else self.base_hessians
       for path in block:
         w = jnp.asarray(base_run.get_path(q, path), jnp.float32)
         if method == "rtn":
@@ -174,28 +184,30 @@ class _Model:
         q = base_run.set_path(q, path, w_hat.astype(base_run.get_path(q, path).dtype))
     return q
 
-  def reconstruction_error(self, qparams, hs) -> float:
+  def reconstruction_error(self, qparams) -> float:
     """sum_k tr(dW_k^T H_k dW_k) / sum_k tr(W_k^T H_k W_k) over kernels, with the Hessians of
     the unquantized model: the relative output error GPTQ minimises layer by layer."""
-    num = den = 0.0
-    for path in self.paths:
-      w = base_run.get_path(self.params, path)
-      h = hs["/".join(path[:-2])]
-      num += float(gptq.reconstruction_error(w, base_run.get_path(qparams, path), h))
-      den += float(gptq.reconstruction_error(w, jnp.zeros_like(w), h))
-    return num / den
+    num = sum(
+      float(
+        gptq.reconstruction_error(
+          base_run.get_path(self.params, p), base_run.get_path(qparams, p), self._hessian_of(p)
+        )
+      )
+      for p in self.paths
+    )
+    return num / self._recon_den
 
 
-def _check_shapes(m: _Model, todo) -> None:
+def _check_shapes(base: base_run.BaseRun, todo) -> None:
   """Every requested format fits every kernel (e.g. a group size must divide each input
   dim), checked before anything of this run is quantized or written."""
   for spec, comp, _, _ in todo:
-    for path in m.paths:
-      d_in = base_run.get_path(m.params, path).shape[0]
+    for path in base.kernel_paths:
+      d_in = base_run.get_path(base.state["params"], path).shape[0]
       try:
         comp.weights.validate_for(d_in, what=f"input dim of {'/'.join(path[:-2])}")
       except ValueError as e:
-        raise ValueError(f"--formats {spec!r} does not fit {m.base.workdir}: {e}") from e
+        raise ValueError(f"--formats {spec!r} does not fit {base.workdir}: {e}") from e
 
 
 def model_factors(m: _Model, base_loss: float) -> dict:
@@ -235,18 +247,17 @@ def quantize_run(workdir: str, formats, methods, *, out: str | None = None, opts
     return done
   t0 = time.perf_counter()
   base = base_run.load(workdir)
+  _check_shapes(base, todo)
   m = _Model(base, opts)
-  _check_shapes(m, todo)
   base_loss, n_tokens = m.loss(m.params)
   logging.info("base %s: eval loss %.4f (%d tokens)", base.entry["run_id"], base_loss, n_tokens)
   model_f = model_factors(m, base_loss)
-  hs = m.hessians(m.params)
   sqnr = {}
   for spec, comp, method, path in todo:
     t = time.perf_counter()
     if spec not in sqnr:
       sqnr[spec] = factors.weight_sqnr_db(m.params, m.paths, comp.weights)
-    qparams = m.quantize(comp.weights, method, hs)
+    qparams = m.quantize(comp.weights, method)
     loss, _ = m.loss(qparams)
     entry = _entry(
       m,
@@ -255,7 +266,7 @@ def quantize_run(workdir: str, formats, methods, *, out: str | None = None, opts
       loss=loss,
       base_loss=base_loss,
       n_tokens=n_tokens,
-      recon=m.reconstruction_error(qparams, hs),
+      recon=m.reconstruction_error(qparams),
       sqnr=sqnr[spec],
       model_f=model_f,
       wall_s=time.perf_counter() - t,
