@@ -103,32 +103,71 @@ def test_bigsparse_t5_refit_against_the_notebook():
   assert fit.predict(x["S"], x["N"], x["D"]) == pytest.approx(x["loss"], rel=0.02)
 
 
-def test_bigsparse_t5_notebook_procedure_stops_early():
-  """The notebook's own procedure (scipy BFGS at its default gtol on the MEAN Huber loss, from
-  25 Uniform(0, 1) starts drawn after np.random.seed(1)) stops where the gradient of that tiny
-  objective (~1e-5) drops below 1e-5: at the notebook's coefficients within ~5%, not at the
-  optimum; on the summed objective the same starts reach our optimum."""
-  scipy_optimize = pytest.importorskip("scipy.optimize")
-  S, N, D, L = _t5()
+# The notebook's T5 fit cell (KXBVA3jEPi54) prints the objective of each of its 25 BFGS starts;
+# these are those 25 values in order (the repeated "new best" lines left out).
+NOTEBOOK_T5_PER_START = [
+  1.1802075893531197e-05, 1.0710772572429004e-05, 8.432218571274434e-06, 1.1836563934656972e-05,
+  8.141760696367502e-06, 8.832666912455414e-06, 9.398249676979851e-06, 9.372074698966257e-06,
+  1.3711002356153409e-05, 1.1473070987648155e-05, 1.2483401466934045e-05, 8.985120783444787e-06,
+  7.603605281507622e-06, 1.2298879572345474e-05, 9.374964055248003e-06, 1.0942851452608748e-05,
+  1.2292366909438011e-05, 1.264880124404507e-05, 1.1421337232525214e-05, 8.344172454678415e-06,
+  1.2036149339725813e-05, 1.2179634283572354e-05, 1.054805497528612e-05, 9.622176286679677e-06,
+  1.1409525817375396e-05,
+]  # fmt: skip
 
-  def mean_obj(p):
+
+def _notebook_procedure(S, N, D, L, starts, scale=1.0):
+  """The notebook's fit: scipy.optimize.minimize (BFGS, default gtol 1e-5, finite-difference
+  gradient) on the mean Huber(1e-3) of log-loss residuals from each start; keeps successes."""
+  scipy_optimize = pytest.importorskip("scipy.optimize")
+
+  def objective(p):
     pred = laws.sparse_notebook(S, N, D, *p)
     if not np.all(np.isfinite(pred)) or np.any(pred <= 0):
       return np.inf
-    r = np.abs(np.log(pred) - np.log(L))
-    return np.mean(np.where(r > 1e-3, 1e-3 * (r - 0.5e-3), 0.5 * r * r))
+    return scale * _notebook_objective(S, N, D, L, dict(zip("abcdefg", p)))
 
-  rng = np.random.RandomState(1)
-  starts = rng.uniform(0, 1, (25, 7))
   with np.errstate(all="ignore"):
-    early = min((scipy_optimize.minimize(mean_obj, x0) for x0 in starts), key=lambda r: r.fun)
-    full = min(
-      (scipy_optimize.minimize(lambda p: len(L) * mean_obj(p), x0) for x0 in starts[:5]),
-      key=lambda r: r.fun,
-    )
+    return [scipy_optimize.minimize(objective, x0) for x0 in starts]
+
+
+def test_bigsparse_t5_notebook_procedure_stops_early():
+  """The notebook's own procedure, re-run from its own starts (np.random.seed(1), 25 draws of
+  Uniform(0, 1)^7), stops every start early: the gradient of a mean objective of ~1e-5 falls
+  below gtol = 1e-5 long before the optimum. Where it stops depends on rounding, so its
+  coefficients are only defined to ~10%; on the summed objective the same starts converge to
+  our optimum."""
+  S, N, D, L = _t5()
+  starts = np.random.RandomState(1).uniform(size=(25, 7))
+  runs = _notebook_procedure(S, N, D, L, starts)
+  assert all(r.success for r in runs)
+  per_start = np.array([r.fun for r in runs])
+  rel = np.abs(per_start / NOTEBOOK_T5_PER_START - 1)
+  # Same procedure, same starts: every start stops near where the notebook's did (scipy 1.10
+  # and 1.17 both differ from the notebook's printout by up to ~20% on single starts)...
+  assert np.median(rel) < 0.03 and np.max(rel) < 0.3, rel
+  # ...and the start that stops after ~11 iterations, before rounding builds up, to 1e-6.
+  assert rel[13] < 1e-6
+  best = runs[int(np.argmin(per_start))]
+  assert 7.0e-6 < best.fun < 8.5e-6  # the notebook printed 7.60e-6
   nb = laws.BIGSPARSE_T5
-  assert 6e-6 < early.fun < 8e-6  # the notebook printed 7.60e-6
-  np.testing.assert_allclose(early.x, [nb[k] for k in "abcdefg"], rtol=0.06)
+  nb_params = np.array([nb[k] for k in "abcdefg"])
+  # Perturbing the starts by 1e-12 moves the stopping point by percents: the notebook's
+  # coefficients are one draw from that spread. Every draw is within 10% of them and predicts
+  # the 48 losses as they do to 1%.
+  draws = [best.x]
+  for seed in (1, 2):
+    jitter = 1e-12 * np.random.RandomState(seed).standard_normal(starts.shape)
+    again = _notebook_procedure(S, N, D, L, starts + jitter)
+    draws.append(min((r for r in again if r.success), key=lambda r: r.fun).x)
+  draws = np.array(draws)
+  assert np.max(np.abs(draws / nb_params - 1)) < 0.10
+  assert np.max(np.ptp(draws, axis=0) / nb_params) > 0.01  # rounding alone moves them
+  pred_nb = laws.sparse_notebook(S, N, D, *nb_params)
+  for p in draws:
+    assert np.max(np.abs(laws.sparse_notebook(S, N, D, *p) / pred_nb - 1)) < 0.01
+  # On the summed objective (48x larger, so gtol no longer stops it) the same starts converge.
+  full = min(_notebook_procedure(S, N, D, L, starts[:5], scale=len(L)), key=lambda r: r.fun)
   ours = scaling.fit_sparse(S, N, D, L)
   assert full.fun / len(L) == pytest.approx(ours.objective, rel=1e-4)  # 4.88e-6
 

@@ -33,6 +33,8 @@ BIGSPARSE_T5_OBJECTIVE = 7.60e-6  # mean Huber(delta=1e-3) on log-loss
 # Note: the T5 coefficients are where the notebook's scipy BFGS stopped (default gtol 1e-5 on a
 # mean objective of ~1e-5), not the optimum of that objective: from every start, including
 # these coefficients, L-BFGS reaches 4.88e-6 at a different point (tests/test_scaling_reference).
+# Where BFGS stops depends on rounding: re-running the notebook's procedure on scipy 1.10 or 1.17,
+# or from starts moved by 1e-12, lands 3-8% away from these values at 7.6-7.8e-6.
 # The notebook's extrapolation point: 75% sparse, 604M non-zero, 500k steps, measured loss.
 BIGSPARSE_T5_EXTRAPOLATION = dict(S=0.75, N=48 * 12 * 1024**2 / 1e6, D=5.0, loss=1.4827780204906797)
 BIGSPARSE_VIT = dict(a=1.30485, b=0.82101, c=2.07506, d=0.39223, e=0.27818, f=0.88979, g=4.51669)
