@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from compress_scaling.ptq import base_run, factors, run
+from compress_scaling import compression
+from compress_scaling.ptq import base_run, calibrate, factors, gptq, run
 from tests.conftest import REPO, run_main, subprocess_env
 
 FORMATS = ("w8a16", "w4a16", "w3a16", "w2a16")
@@ -125,6 +126,43 @@ def test_base_workdir_untouched_and_rerun_skips(ptq_entries):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert _snapshot(out) == written  # existing complete entries are kept, nothing rewritten
   assert _snapshot(ptq_entries["base"]) == ptq_entries["before"]
+
+
+def test_blockwise_calibration_equals_full_forward_passes(base):
+  """Carrying hidden states block to block gives block l the Hessians of a full forward pass
+  through the model whose blocks < l are already quantized (the sequential GPTQ definition)."""
+  m = run._Model(base_run.load(str(base)), run.Options(calib_batches=3))
+  spec = compression.parse("w2a16").weights
+  seen = []
+
+  def quantize_block(q, layer, hs):
+    seen.append((layer, q, hs))
+    for path in (p for p in m.paths if p[0] == f"block_{layer}"):
+      q = base_run.set_path(q, path, gptq.rtn(base_run.get_path(q, path), spec))
+    return q
+
+  q = m.blockwise.quantize(m.params, quantize_block)
+  assert [layer for layer, _, _ in seen] == [0, 1]  # the 0.1m smoke model has 2 blocks
+  for layer, q_before, hs in seen:
+    ref = calibrate.hessians(m.setup, q_before, m.masks, m.calib, [layer])
+    assert sorted(hs) == sorted(ref) and len(hs) == 7  # q k v o gate up out
+    for key in ref:
+      np.testing.assert_allclose(hs[key], ref[key], rtol=2e-5, atol=1e-6 * float(ref[key].max()))
+  # Block 1 saw the 2-bit block 0: its Hessians are not the unquantized model's.
+  h1 = seen[1][2]["block_1/attn/q"]
+  assert float(jnp.max(jnp.abs(h1 - m.base_hessians["block_1/attn/q"]))) > 1e-3 * float(h1.max())
+  np.testing.assert_array_equal(  # and every block kernel came back quantized
+    base_run.get_path(q, m.paths[-1]), gptq.rtn(base_run.get_path(m.params, m.paths[-1]), spec)
+  )
+  # A fed block reads only its input: block 0's weights (here NaN) do not reach block 1.
+  poisoned = jax.tree_util.tree_map_with_path(
+    lambda path, x: x * jnp.nan if "block_0" in jax.tree_util.keystr(path) else x, m.params
+  )
+  with m.setup.mesh:
+    batch = m.setup.global_batch(m.calib[0])
+    x1 = calibrate._block_fn(m.setup, 0, False, "output")(m.params, m.masks, batch, None)
+    x2 = calibrate._block_fn(m.setup, 1, True, "output")(poisoned, m.masks, batch, x1)
+  assert bool(jnp.all(jnp.isfinite(x2)))
 
 
 def test_radial_profile_is_exact_on_a_distance_loss():

@@ -7,15 +7,34 @@ trace time and the Gram matrices leave the jitted function as outputs.
 Sequential calibration (GPTQ's llama.py, Frantar et al. 2022): block l's Hessians come from
 the model whose blocks < l are already quantized, so each block corrects the error of those
 before it; within a block all projections see the inputs of the not yet quantized block.
+`Blockwise` does this as llama.py does, carrying the hidden states from block to block: each
+block runs twice (for its Hessians, then quantized for the next block's inputs) instead of the
+model's first l + 1 blocks running for block l.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from compress_scaling import model, sharding
+
+
+def _add_gram(grams: dict, path: tuple[str, ...], x) -> None:
+  """grams[path] += (X^T X, rows) for the projection input x [..., D_in]."""
+  x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  g, n = x.T @ x, jnp.asarray(x.shape[0], jnp.float32)
+  key = "/".join(path)
+  if key in grams:  # a projection called twice (not in this model) accumulates
+    g, n = g + grams[key][0], n + grams[key][1]
+  grams[key] = (g, n)
+
+
+def _block_index(path: tuple[str, ...]) -> int | None:
+  return int(path[0].removeprefix("block_")) if path[0].startswith("block_") else None
 
 
 def _capture_fn(setup, blocks: frozenset[int] | None):
@@ -27,17 +46,9 @@ def _capture_fn(setup, blocks: frozenset[int] | None):
     def interceptor(next_fun, args, kwargs, context):
       mod = context.module
       if isinstance(mod, model.Projection) and context.method_name == "__call__":
-        path = mod.path
-        in_scope = path[0].startswith("block_") and (
-          blocks is None or int(path[0].removeprefix("block_")) in blocks
-        )
-        if in_scope:
-          x = args[0].reshape(-1, args[0].shape[-1]).astype(jnp.float32)
-          g, n = x.T @ x, jnp.asarray(x.shape[0], jnp.float32)
-          key = "/".join(path)
-          if key in grams:  # a projection called twice (not in this model) accumulates
-            g, n = g + grams[key][0], n + grams[key][1]
-          grams[key] = (g, n)
+        layer = _block_index(mod.path)
+        if layer is not None and (blocks is None or layer in blocks):
+          _add_gram(grams, mod.path, args[0])
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
@@ -58,13 +69,77 @@ def hessians(setup, params, masks, batches, blocks=None) -> dict[str, jax.Array]
   Returns {"block_3/attn/q": H [D_in, D_in]}.
   """
   fn = _capture_fn(setup, None if blocks is None else frozenset(blocks))
-  total: dict[str, list] = {}
   with setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
-    for b in batches:
-      for key, (g, n) in fn(params, masks, setup.global_batch(b)).items():
-        if key in total:
-          total[key][0] = total[key][0] + g
-          total[key][1] = total[key][1] + n
-        else:
-          total[key] = [g, n]
+    return _to_hessians(fn(params, masks, setup.global_batch(b)) for b in batches)
+
+
+def _to_hessians(grams_per_batch) -> dict[str, jax.Array]:
+  """H = 2/n sum_batches X^T X from each batch's {path: (X^T X, rows)}."""
+  total: dict[str, tuple] = {}
+  for grams in grams_per_batch:
+    for key, (g, n) in grams.items():
+      total[key] = (g, n) if key not in total else (total[key][0] + g, total[key][1] + n)
   return {key: 2.0 * g / n for key, (g, n) in total.items()}
+
+
+def _block_fn(setup, layer: int, feed: bool, want: str):
+  """jit(params, masks, batch, x_in) -> block `layer`'s projection Gram sums (want="grams") or
+  its output (want="output"). With `feed`, x_in replaces the block's input. Only the block's
+  own work is compiled: what feeds a replaced input and everything after the block are dead
+  code that XLA removes."""
+  name = f"block_{layer}"
+
+  def fn(params, masks, batch_BxL1, x_in):
+    grams: dict[str, tuple[jax.Array, jax.Array]] = {}
+    output = []
+
+    def interceptor(next_fun, args, kwargs, context):
+      mod = context.module
+      if context.method_name == "__call__":
+        if isinstance(mod, model.Block) and mod.name == name:
+          y = next_fun(*((x_in,) + args[1:] if feed else args), **kwargs)
+          output.append(y)
+          return y
+        if isinstance(mod, model.Projection) and _block_index(mod.path) == layer:
+          _add_gram(grams, mod.path, args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      setup.apply(params, masks, batch_BxL1[:, :-1], jax.random.key(0))
+    return grams if want == "grams" else output[0]
+
+  return jax.jit(fn)
+
+
+class Blockwise:
+  """Sequential calibration carrying hidden states block by block (GPTQ's llama.py).
+
+  `quantize(params, quantize_block)` calls quantize_block(params, layer, hessians) -> params
+  for layer 0, 1, ...; block l's Hessians are taken on the outputs of blocks < l as already
+  returned by quantize_block. The compiled block functions are kept for the next call.
+  """
+
+  def __init__(self, setup, masks, batches):
+    self.setup, self.masks = setup, masks
+    self.n_layers = setup.resolved.model.dims.n_layers
+    with setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      self.batches = [setup.global_batch(b) for b in batches]
+    self._fns: dict[tuple[int, bool, str], Callable] = {}
+
+  def _run(self, params, layer: int, xs: list, want: str) -> list:
+    feed = xs[0] is not None
+    key = (layer, feed, want)
+    if key not in self._fns:
+      self._fns[key] = _block_fn(self.setup, layer, feed, want)
+    fn = self._fns[key]
+    with self.setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      return [fn(params, self.masks, b, x) for b, x in zip(self.batches, xs)]
+
+  def quantize(self, params, quantize_block: Callable):
+    xs = [None] * len(self.batches)  # block 0 reads the embedding of the tokens
+    for layer in range(self.n_layers):
+      hs = _to_hessians(self._run(params, layer, xs, "grams"))
+      params = quantize_block(params, layer, hs)
+      if layer + 1 < self.n_layers:
+        xs = self._run(params, layer, xs, "output")
+    return params

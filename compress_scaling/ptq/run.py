@@ -150,7 +150,8 @@ class _Model:
     self.calib = [base.batches.train(s) for s in range(opts.calib_batches)]
     # The unquantized model's Hessians: GPTQ's without --sequential, and the reference of
     # every entry's reconstruction error (whose denominator is therefore fixed per model).
-    self.base_hessians = self.hessians(self.params)
+    self.base_hessians = calibrate.hessians(self.setup, self.params, self.masks, self.calib)
+    self.blockwise = calibrate.Blockwise(self.setup, self.masks, self.calib)
     self._recon_den = sum(
       float(gptq.reconstruction_error(w, jnp.zeros_like(w), self._hessian_of(path)))
       for path, w in ((p, base_run.get_path(self.params, p)) for p in self.paths)
@@ -160,21 +161,15 @@ class _Model:
     state = {"params": params, "masks": self.masks}
     return steps.evaluate(self.setup, self.eval_step, state, batches or self.eval_batches)
 
-  def hessians(self, params, blocks=None):
-    return calibrate.hessians(self.setup, params, self.masks, self.calib, blocks)
-
   def _hessian_of(self, path):
     return self.base_hessians["/".join(path[:-2])]
 
   def quantize(self, spec, method: str) -> jax.Array:
     """params with every block kernel quantized by `method`."""
-    o, q = self.opts, self.params
-    n_layers = self.setup.resolved.model.dims.n_layers
-    for layer in range(n_layers):
-      block = [p for p in self.paths if p[0] == f"block_{layer}"]
-      if method == "gptq":
-        hs = self.hessians(q, [layer]) if o.sequential else self.base_hessians
-      for path in block:
+    o = self.opts
+
+    def quantize_block(q, layer: int, hs):
+      for path in (p for p in self.paths if p[0] == f"block_{layer}"):
         w = jnp.asarray(base_run.get_path(q, path), jnp.float32)
         if method == "rtn":
           w_hat = gptq.rtn(w, spec)
@@ -182,6 +177,13 @@ class _Model:
           h = hs["/".join(path[:-2])]
           w_hat = gptq.gptq(w, h, spec, block_size=o.block_size, damp=o.damp, act_order=o.act_order)
         q = base_run.set_path(q, path, w_hat.astype(base_run.get_path(q, path).dtype))
+      return q
+
+    if method == "gptq" and o.sequential:
+      return self.blockwise.quantize(self.params, quantize_block)
+    q = self.params
+    for layer in range(self.setup.resolved.model.dims.n_layers):
+      q = quantize_block(q, layer, self.base_hessians)
     return q
 
   def reconstruction_error(self, qparams) -> float:
