@@ -54,8 +54,6 @@ def _check(errors: list[str], ok: bool, message: str) -> None:
     errors.append(message)
 
 
-
-
 def _check_data(errors: list[str], d):
   """Checks the data fields; returns the tokenizer (None if it cannot be loaded)."""
   _check(

@@ -19,7 +19,6 @@ import glob as glob_lib
 import json
 import math
 import os
-import tempfile
 import warnings
 from typing import Any, Iterable
 
@@ -69,31 +68,7 @@ def write_entry(path, entry: dict) -> None:
   if not isinstance(entry, dict):
     raise TypeError(f"write_entry({path}): entry must be a dict, got {type(entry).__name__}")
   text = json.dumps(_jsonable(entry), indent=2, sort_keys=False, allow_nan=False) + "\n"
-  path = os.fspath(path)
-  if paths.is_remote(path):
-    from etils import epath  # local: only object stores need it
-
-    p = epath.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)  # one object upload: atomic per object on GCS; no rename
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-    dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
-  )
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
+  paths.write_text(os.fspath(path), text)
 
 
 def read_entry(path) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 REMOTE_PREFIXES = ("gs://", "s3://", "http://", "https://")
 
@@ -49,3 +50,29 @@ def read_text(path: str) -> str:
 def read_json(path: str) -> dict | None:
   """The JSON object at `path`, or None when there is no file."""
   return json.loads(read_text(path)) if exists(path) else None
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` as a whole, creating its folder: locally through a temporary file
+  and a rename, so a reader never sees a partial file; on an object store as one upload
+  (atomic per object on GCS; a rename there would be a copy plus a delete)."""
+  if is_remote(path):
+    p = _epath(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(
+    dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp"
+  )
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -28,8 +28,6 @@ class WorkdirError(RuntimeError):
   """The workdir holds something this run must not overwrite."""
 
 
-
-
 def _run_meta(workdir: str, config) -> dict:
   """The run's identity; a resume with a different config is refused (nothing overwritten)."""
   path = os.path.join(workdir, RUN_META)

@@ -63,6 +63,7 @@ def _ensure_repo_on_path() -> None:
 
 _ensure_repo_on_path()
 
+from compress_scaling import paths  # noqa: E402 -- json and os only: no JAX in the runner
 from configs import base as base_config  # noqa: E402
 from configs.sweeps import common  # noqa: E402
 
@@ -137,41 +138,21 @@ def parse_config_overrides(args: list[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------- workdirs
 
 
-def is_remote(path: str) -> bool:
-  return "://" in str(path)
-
-
 def join(out: str, name: str) -> str:
-  return f"{out.rstrip('/')}/{name}" if is_remote(out) else os.path.join(os.path.abspath(out), name)
+  if paths.is_remote(out):
+    return f"{out.rstrip('/')}/{name}"
+  return os.path.join(os.path.abspath(out), name)
 
 
 def _read_json(path: str) -> dict | None:
   try:
-    if is_remote(path):
-      from etils import epath  # noqa: PLC0415 -- only object stores need it
-
-      p = epath.Path(path)
-      return json.loads(p.read_text()) if p.exists() else None
-    if not os.path.exists(path):
-      return None
-    with open(path) as f:
-      return json.load(f)
+    return paths.read_json(path)
   except (ValueError, OSError):
     return None  # corrupt or unreadable: treated as not finished; main reports it
 
 
 def _write_json(path: str, obj: dict) -> None:
-  text = json.dumps(obj, indent=2) + "\n"
-  if is_remote(path):
-    from etils import epath  # noqa: PLC0415
-
-    epath.Path(path).write_text(text)
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".failures.", suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  paths.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_entry(workdir: str) -> dict | None:
@@ -314,7 +295,7 @@ class Runner:
 
 
 def _default_log_dir(out: str) -> str:
-  if not is_remote(out):
+  if not paths.is_remote(out):
     return os.path.join(os.path.abspath(out), "_logs")
   slug = re.sub(r"[^A-Za-z0-9._-]+", "_", out.split("://", 1)[1]).strip("_")
   return os.path.join(tempfile.gettempdir(), "compress_scaling_sweep_logs", slug)
