@@ -141,11 +141,23 @@ def test_blockwise_calibration_equals_full_forward_passes(base):
       q = base_run.set_path(q, path, gptq.rtn(base_run.get_path(q, path), spec))
     return q
 
+  assert m.blockwise.carries
   q = m.blockwise.quantize(m.params, quantize_block)
   assert [layer for layer, _, _ in seen] == [0, 1]  # the 0.1m smoke model has 2 blocks
   for layer, q_before, hs in seen:
     ref = calibrate.hessians(m.setup, q_before, m.masks, m.calib, [layer])
     assert sorted(hs) == sorted(ref) and len(hs) == 7  # q k v o gate up out
+    for key in ref:
+      np.testing.assert_allclose(hs[key], ref[key], rtol=2e-5, atol=1e-6 * float(ref[key].max()))
+  # Over the memory limit nothing is carried: blocks 0..l rerun, with the same Hessians.
+  rerun = calibrate.Blockwise(m.setup, m.masks, m.calib, max_carry_bytes=0)
+  rows, length_plus_1 = m.calib[0].shape
+  assert not rerun.carries  # 3 batches x rows x length tokens x d_model 64 x float32
+  assert rerun.carry_bytes == 3 * rows * (length_plus_1 - 1) * 64 * 4
+  carried_hs = [hs for _, _, hs in seen]
+  seen.clear()
+  rerun.quantize(m.params, quantize_block)
+  for hs, ref in zip(carried_hs, (hs for _, _, hs in seen), strict=True):
     for key in ref:
       np.testing.assert_allclose(hs[key], ref[key], rtol=2e-5, atol=1e-6 * float(ref[key].max()))
   # Block 1 saw the 2-bit block 0: its Hessians are not the unquantized model's.
@@ -209,6 +221,8 @@ def test_bad_methods_and_options():
     run.parse_methods("rtn,awq")
   with pytest.raises(ValueError, match="--block_size must be >= 1.*--damp must be >= 0"):
     run.Options(block_size=0, damp=-1.0)
+  with pytest.raises(ValueError, match="--max_carry_gib must be >= 0, got -1"):
+    run.Options(max_carry_gib=-1)
 
 
 def test_cli_reports_bad_format_with_exit_2(tmp_path):

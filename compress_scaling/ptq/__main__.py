@@ -2,7 +2,7 @@
 
   python -m compress_scaling.ptq --workdir W [--workdir W2 ...] --formats w8a16,w4a16,w3a16 \
       --methods rtn,gptq [--out DIR] [--calib_batches 16 --block_size 128 --damp 0.01 \
-      --act_order --nosequential]
+      --act_order --nosequential --max_carry_gib 4]
 
 --workdir takes run folders or globs (e.g. 'runs/ptq/*': the matching folders that hold a
 log_entry.json, so a sweep's _logs/ and earlier -ptq outputs are passed over). One log entry
@@ -29,6 +29,9 @@ _BLOCK = flags.DEFINE_integer("block_size", 128, "GPTQ column block size.")
 _DAMP = flags.DEFINE_float("damp", 0.01, "GPTQ dampening (fraction of mean diag H).")
 _ACT_ORDER = flags.DEFINE_bool("act_order", False, "GPTQ: quantize inputs by decreasing diag H.")
 _SEQUENTIAL = flags.DEFINE_bool("sequential", True, "Calibrate block l after blocks < l.")
+_CARRY = flags.DEFINE_float(
+  "max_carry_gib", 4.0, "Sequential GPTQ: largest hidden-state carry; above it, rerun blocks."
+)
 _RADII = flags.DEFINE_list("radii", None, "Relative radii of the radial loss probe.")
 _DIRECTIONS = flags.DEFINE_integer("directions", 2, "Random directions per radius.")
 flags.mark_flags_as_required(["workdir", "formats"])
@@ -48,6 +51,7 @@ def main(argv):
       damp=_DAMP.value,
       act_order=_ACT_ORDER.value,
       sequential=_SEQUENTIAL.value,
+      max_carry_gib=_CARRY.value,
       directions=_DIRECTIONS.value,
       **({"radii": tuple(float(r) for r in _RADII.value)} if _RADII.value else {}),
     )

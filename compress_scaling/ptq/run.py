@@ -45,6 +45,7 @@ class Options:
   damp: float = 0.01
   act_order: bool = False
   sequential: bool = True  # block l calibrated on the model with blocks < l quantized
+  max_carry_gib: float = 4.0  # sequential GPTQ carries hidden states up to this size (calibrate)
   radii: tuple[float, ...] = factors.DEFAULT_RADII
   directions: int = 2
   probe_batches: int = 2  # eval batches per radial-probe point
@@ -56,6 +57,7 @@ class Options:
         ("calib_batches", self.calib_batches, self.calib_batches >= 1, ">= 1"),
         ("block_size", self.block_size, self.block_size >= 1, ">= 1"),
         ("damp", self.damp, self.damp >= 0, ">= 0"),
+        ("max_carry_gib", self.max_carry_gib, self.max_carry_gib >= 0, ">= 0"),
         ("directions", self.directions, self.directions >= 1, ">= 1"),
         ("radii", self.radii, all(r >= 0 for r in self.radii), "non-negative numbers"),
         ("probe_batches", self.probe_batches, self.probe_batches >= 1, ">= 1"),
@@ -151,7 +153,9 @@ class _Model:
     # The unquantized model's Hessians: GPTQ's without --sequential, and the reference of
     # every entry's reconstruction error (whose denominator is therefore fixed per model).
     self.base_hessians = calibrate.hessians(self.setup, self.params, self.masks, self.calib)
-    self.blockwise = calibrate.Blockwise(self.setup, self.masks, self.calib)
+    self.blockwise = calibrate.Blockwise(
+      self.setup, self.masks, self.calib, max_carry_bytes=opts.max_carry_gib * 2**30
+    )
     self._recon_den = sum(
       float(gptq.reconstruction_error(w, jnp.zeros_like(w), self._hessian_of(path)))
       for path, w in ((p, base_run.get_path(self.params, p)) for p in self.paths)
