@@ -192,3 +192,28 @@ def test_quiet_on_good_input():
     warnings.simplefilter("error")
     t = scaling.fit_eff(_runs(), bootstrap=0)
   assert set(t.index) == {"dense", "w4a16"}
+
+
+def test_runaway_bootstrap_resamples_are_counted_and_left_out():
+  """A resample whose fit ran off (here log A = 800, where exp overflows, and log E = 400, whose
+  square overflows) is NaN in the draws, counted, warned about, and kept out of the intervals."""
+  from compress_scaling.scaling import fit as fit_mod
+
+  N, D = np.meshgrid([1e7, 3e7, 1e8, 3e8], [1e9, 3e9, 1e10])
+  N, D = N.ravel(), D.ravel()
+  L = laws.chinchilla(N, D, **synthetic.BASE)
+  data = dict(lN=np.log(N), lD=np.log(D), target=np.log(L))
+  raw = fit_mod.run_law(fit_mod.CHINCHILLA, data, fit_mod.EPOCH_GRID[::45], who="test")
+  raw.boot = np.tile(raw.theta, (10, 1))
+  raw.boot[3, 0], raw.boot[7, 2] = 800.0, 400.0
+  with pytest.warns(UserWarning, match="chinchilla law: 2 of 10 bootstrap resamples ran off"):
+    with np.errstate(all="raise"):  # and no floating-point error on the way
+      fit = fit_mod.make_law_fit(
+        fit_mod.ChinchillaFit, fit_mod.CHINCHILLA, raw, len(L), delta=1e-3, normalize="sum"
+      )
+  assert fit.info["boot_runaway"] == 2
+  assert (
+    fit.bootstrap.iloc[[3, 7]].isna().all().all() and fit.bootstrap.drop([3, 7]).notna().all().all()
+  )
+  for k in ("A", "E"):  # the 8 kept draws are all the optimum
+    assert fit.ci[k] == pytest.approx((fit[k], fit[k]), rel=1e-12) and fit.se[k] == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -291,8 +292,22 @@ def make_law_fit(
 
   params = {k: float(v) for k, v in law.natural(raw.theta).items()}
   se = ci = boot = None
+  runaway = 0
   if raw.boot is not None:
-    draws = law.natural(raw.boot)
+    # A resample whose fit ran off (a parameter past 1e150, where its square in the standard
+    # error overflows float64, or past exp's range) is NaN and left out of the intervals, as
+    # runaway eff draws are (eff._finite_exp); the count is reported.
+    with np.errstate(over="ignore", invalid="ignore"):
+      draws = law.natural(raw.boot)
+      bad = ~np.all([np.abs(v) < 1e150 for v in draws.values()], axis=0)
+    draws = {k: np.where(bad, np.nan, v) for k, v in draws.items()}
+    runaway = int(bad.sum())
+    if runaway:
+      warnings.warn(
+        f"{law.name} law: {runaway} of {len(bad)} bootstrap resamples ran off (a parameter "
+        "infinite or past 1e150); they are left out of its intervals",
+        stacklevel=2,
+      )
     se, ci = summarize_boot(draws, level)
     boot = pd.DataFrame(draws)
   b = raw.batch
@@ -314,6 +329,7 @@ def make_law_fit(
       n_finished=len(b.lanes),
       stop=optim.STATUS_NAMES[int(b.status[b.best()])],
       theta=dict(zip(law.theta_names, map(float, raw.theta))),
+      boot_runaway=runaway,
     ),
   )
 
