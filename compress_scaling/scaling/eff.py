@@ -284,7 +284,10 @@ def _fit_joint(df, comps, *, delta, bootstrap, seed, halving, who):
     normalize="sum",
     info=dict(protocol="joint"),
   )
-  draws = _finite_exp(raw.boot[:, 5:]) if raw.boot is not None else None
+  draws = None
+  if raw.boot is not None:  # a resample whose fit ran off (make_law_fit) has no eff either
+    ran_off = base_fit.bootstrap.isna().any(axis=1).to_numpy()
+    draws = np.where(ran_off[:, None], np.nan, _finite_exp(raw.boot[:, 5:]))
   return base_fit, np.exp(raw.theta[5:]), draws
 
 
