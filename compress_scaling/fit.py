@@ -33,6 +33,13 @@ def _parse(argv):
   p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
+    "--max_evals",
+    type=int,
+    default=None,
+    help="objective evaluations per start of the base-law and joint fits (default 1500 and "
+    "2000); raise it when a fit is reported as not converged",
+  )
+  p.add_argument(
     "--min-runs",
     type=int,
     default=2,
@@ -80,6 +87,7 @@ def main(argv=None) -> int:
       min_runs=args.min_runs,
       figures=not args.no_figures,
       gmse=not args.no_gmse,
+      max_evals=args.max_evals,
     )
   except FitError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -93,6 +93,15 @@ def test_cli_reads_a_plain_csv_and_reports_errors(tmp_path, capsys):
   runs[runs.compression != "dense"].to_csv(path, index=False)
   assert cli.main(["--runs", str(path), "--out", str(tmp_path / "o2"), "--no-figures"]) == 2
   assert "needs dense runs" in capsys.readouterr().err
+  # --max_evals reaches the fits: too few evaluations is reported, with the flag to raise.
+  runs.to_csv(path, index=False)
+  fast = ["--runs", str(path), "--bootstrap", "0", "--no-figures", "--no-gmse"]
+  for protocol, who in (("joint", "fit_eff(joint)"), ("two_stage", "base law on the dense runs")):
+    argv = [*fast, "--out", str(tmp_path / protocol), "--protocol", protocol, "--max_evals", "40"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert who in err and "did not converge" in err and "after 40 evaluations" in err, err
+    assert "raise max_evals" in err
 
 
 def test_module_entry_point_help():

@@ -171,6 +171,7 @@ def fit_eff(
   drop_invalid: bool = False,
   drop_highest: int = 0,
   halving: bool = True,
+  max_evals: int | None = None,
 ) -> pd.DataFrame:
   """eff(C) per compression from a runs table (columns compression, N, D, loss; `dense` = 1).
 
@@ -180,6 +181,8 @@ def fit_eff(
   min_runs / on_insufficient: compressions with fewer runs raise ('raise') or are left out
   with a warning ('skip', listed in attrs['skipped']). drop_highest: leave out the k
   highest-loss runs first (as Epoch drop 5 of Chinchilla's; listed in attrs['dropped']).
+  max_evals: objective evaluations per start of the base-law and joint fits (None: 1500 and
+  2000); raise it when a fit is reported as not converged.
 
   Returns a DataFrame indexed by compression, ordered by bits per parameter (dense first):
   eff, eff_lo, eff_hi, eff_se, bits_per_param, n_runs, n_sizes, kind, eff_per_bit and
@@ -217,6 +220,7 @@ def fit_eff(
         seed=seed,
         halving=halving,
         who=f"{who} base law on the dense runs",
+        **({} if max_evals is None else {"max_evals": max_evals}),
       )
     else:
       base_fit = base
@@ -233,14 +237,21 @@ def fit_eff(
     eff_hat = np.exp(u_hat)
   else:
     base_fit, eff_hat, draws = _fit_joint(
-      df, comps, delta=delta, bootstrap=bootstrap, seed=seed, halving=halving, who=who
+      df,
+      comps,
+      delta=delta,
+      bootstrap=bootstrap,
+      seed=seed,
+      halving=halving,
+      who=who,
+      max_evals=2000 if max_evals is None else max_evals,
     )
   table = _eff_table(df, comps, eff_hat, draws, ci, protocol, base_fit, skipped)
   table.attrs["dropped"] = dropped
   return table
 
 
-def _fit_joint(df, comps, *, delta, bootstrap, seed, halving, who):
+def _fit_joint(df, comps, *, delta, bootstrap, seed, halving, who, max_evals):
   dense = df[df.compression == DENSE]
   data_mod.require_distinct(df.N, "N", 3, who)
   data_mod.require_distinct(df.D, "D", 3, who)
@@ -268,7 +279,7 @@ def _fit_joint(df, comps, *, delta, bootstrap, seed, halving, who):
     target=np.log(df.loss.to_numpy()),
     cidx=cidx,
   )
-  opt = optim.LbfgsOptions(max_evals=2000, **(fit_mod.HALVING if halving else {}))
+  opt = optim.LbfgsOptions(max_evals=max_evals, **(fit_mod.HALVING if halving else {}))
   raw = fit_mod.run_law(EFF_JOINT, data, starts, who=who, delta=delta, opt=opt)
   if bootstrap:
     wb = fit_mod.resample_weights(len(df), bootstrap, seed, groups=cidx)

@@ -97,6 +97,7 @@ def build_report(
   min_runs: int = 2,
   figures: bool = True,
   gmse: bool = True,
+  max_evals: int | None = None,
 ) -> Report:
   """Fits everything the runs support and writes eff_table.{md,csv}, composition.{md,csv},
   holdout.csv and the figures (PNG + PDF) to out_dir. Runs with bad or missing fields and
@@ -119,6 +120,7 @@ def build_report(
       seed=seed,
       min_runs=min_runs,
       on_insufficient="skip",
+      max_evals=max_evals,
     )
   notes += [str(w.message) for w in caught]
   fits["base"] = table.attrs["base"]
