@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
-import json
 import os
 
 import jax.numpy as jnp
 
 from compress_scaling import compression, data, paths, sharding, sizes
+from compress_scaling.config_identity import config_hash, to_dict  # noqa: F401 -- re-exported
 from compress_scaling.model import ModelConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -286,11 +285,3 @@ def _check_compression_shapes(plan: compression.Plan, dims: sizes.Dims, seq_len:
       )
   errors = sorted(set(errors))
   return errors[:5] + ([f"... and {len(errors) - 5} more layers"] if len(errors) > 5 else [])
-
-
-def to_dict(c) -> dict:
-  return json.loads(c.to_json_best_effort())
-
-
-def config_hash(c) -> str:
-  return hashlib.sha256(json.dumps(to_dict(c), sort_keys=True).encode()).hexdigest()[:16]

@@ -8,16 +8,21 @@ Run from the repository root. Each run r of `runs(arg)` (configs/sweeps/common.p
   python -m compress_scaling.main --config=configs/base.py --workdir=DIR/<r.name> \
       --config.<field>=<value> ...   (r.overrides, then the --config.* given here)
 
-so the printed command reproduces the run without this tool. A run whose
-DIR/<name>/log_entry.json says "complete" or "diverged" is skipped (main would leave it
-untouched anyway); a killed sweep therefore resumes where it stopped, and a run interrupted
-mid-way resumes from its newest checkpoint. A run that exits non-zero (or stops without
-finishing) is recorded in DIR/failures.json (exit code, command, the tail of its output) and the
-sweep goes on; the sweep exits 1 if any run failed. A later success removes the run from the
-file. A finished run whose log entry records other values for the run's override fields than
-the sweep now sets (the sweep was edited) is not counted done: it is reported STALE, recorded
-in failures.json, and left alone (move its workdir away to retrain it). Each run's console
-output goes to DIR/_logs/<name>.log (for a gs:// DIR: a local folder, printed at start).
+so the printed command reproduces the run without this tool. Replicate seeds of one config
+(runs sharing a `pack`, configs/sweeps/common.replicas) train in one process, stacked in one
+compiled program: `--workdir=DIR/<name>_s{seed} --seeds=0,1,...` (at most --max_pack seeds a
+process). A run whose DIR/<name>/log_entry.json is finished ("complete" or "diverged") with the
+config hash of the config this sweep now gives it is skipped; a killed sweep therefore resumes
+where it stopped, and a run interrupted mid-way resumes from its newest checkpoint. A finished
+run of another config (the sweep was edited) is not counted done: it is reported STALE with
+the differing fields, recorded in failures.json, and left alone (main would refuse it too; move
+its workdir away to retrain it). A run that exits non-zero (or stops without finishing) is
+recorded in DIR/failures.json (exit code, command, the tail of its output) and the sweep goes
+on; the sweep exits 1 if any run failed. A later success removes the run from the file. Each
+process's console output goes to DIR/_logs/<name>.log (for a gs:// DIR: a local folder, printed
+at start). The trainings share JAX's persistent compilation cache (--compile_cache, default
+~/.cache/compress_scaling/jax_cache): a program compiled by one run (the init of a model size,
+the eval step of a compression) is loaded, not compiled, by the next.
 
 --only REGEX keeps runs whose name matches (re.search); --slice I/N keeps runs I, I+N, I+2N, ...
 (0 <= I < N, after --only): N machines each take one slice. --jobs K runs K at a time (default
@@ -51,7 +56,6 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FINISHED = ("complete", "diverged")  # compress_scaling.train.FINISHED (not imported: no JAX here)
 LOG_ENTRY = "log_entry.json"
-_MISSING = object()
 DEFAULT_BASE_CONFIG = "configs/base.py"
 TAIL_LINES = 40
 
@@ -63,7 +67,7 @@ def _ensure_repo_on_path() -> None:
 
 _ensure_repo_on_path()
 
-from compress_scaling import paths  # noqa: E402 -- json and os only: no JAX in the runner
+from compress_scaling import config_identity, paths  # noqa: E402 -- no JAX in the runner
 from configs import base as base_config  # noqa: E402
 from configs.sweeps import common  # noqa: E402
 
@@ -166,31 +170,82 @@ def run_status(workdir: str) -> tuple[str | None, float | None]:
   return entry.get("status"), (entry.get("eval") or {}).get("loss")
 
 
-def stale_fields(entry: dict | None, overrides: dict) -> list[str]:
-  """Override fields whose value differs from the config recorded in a finished run's log
-  entry: the sweep changed since (a renamed budget, a new learning rate). main would report
-  such a run finished and leave it, so the sweep flags it instead of counting it done."""
-  config = (entry or {}).get("config")
-  if not isinstance(config, dict):
-    return []
-  stale = []
-  for key, value in overrides.items():
-    node = config
-    for part in key.split("."):
-      node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-    if node != value:
-      stale.append(key)
-  return stale
+def expected_config(sweep: Sweep, run: common.Run, extra: dict[str, str]) -> dict:
+  """The config (as a dict) that compress_scaling.main builds from this run's command line:
+  the same config file and `--config.<k>=<v>` flags, parsed by the same ml_collections
+  parser, so its hash is the one main records."""
+  from absl import flags  # noqa: PLC0415 -- absl and ml_collections only, no JAX
+  from ml_collections import config_flags  # noqa: PLC0415
+
+  path, _, arg = sweep.base_config.partition(":")
+  path = str(REPO / path) if not os.path.isabs(path) else path
+  spec = f"{path}:{arg}" if arg else path
+  values = flags.FlagValues()
+  argv = ["launch.sweep", f"--config={spec}", *common.override_flags({**run.overrides, **extra})]
+  config_flags.DEFINE_config_file(
+    "config", spec, flag_values=values, sys_argv=argv, lock_config=True
+  )
+  values(argv)
+  return config_identity.to_dict(values.config)
 
 
-def command(sweep: Sweep, run: common.Run, out: str, extra: dict[str, str]) -> list[str]:
-  overrides = {**run.overrides, **extra}
+def changed_fields(entry: dict | None, expected: dict) -> list[str]:
+  """[] when a finished run's log entry records the config this sweep gives the run (equal
+  config hash), else the differing fields: the sweep changed since (a renamed budget, a new
+  learning rate), and main would refuse the workdir."""
+  return config_identity.mismatch(entry or {}, expected) or []
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What one training process runs: a single run, or replicate seeds of one config."""
+
+  runs: tuple[common.Run, ...]
+
+  @property
+  def name(self) -> str:  # the log file's name
+    if len(self.runs) == 1:
+      return self.runs[0].name
+    seeds = "+".join(str(r.overrides["seed"]) for r in self.runs)
+    return self.runs[0].pack.replace("{seed}", seeds)
+
+
+def jobs(runs: list[common.Run], max_pack: int) -> list[Job]:
+  """Groups runs of one pack (same config but for the seed) into jobs of <= max_pack runs,
+  in the order of their first run; every other run is a job of its own."""
+  out, by_pack = [], {}
+  for run in runs:
+    if run.pack is None or max_pack <= 1:
+      out.append([run])
+      continue
+    rest = {k: v for k, v in run.overrides.items() if k != "seed"}
+    key = (run.pack, json.dumps(rest, sort_keys=True, default=str))
+    group = by_pack.get(key)
+    if group is None or len(group) >= max_pack:
+      group = by_pack[key] = [run]
+      out.append(group)
+    else:
+      group.append(run)
+  return [Job(tuple(g)) for g in out]
+
+
+def command(sweep: Sweep, job: Job | common.Run, out: str, extra: dict[str, str]) -> list[str]:
+  if isinstance(job, common.Run):
+    job = Job((job,))
+  first = job.runs[0]
+  if len(job.runs) == 1:
+    workdir, overrides, seeds = join(out, first.name), {**first.overrides, **extra}, []
+  else:
+    workdir = join(out, first.pack)
+    overrides = {k: v for k, v in {**first.overrides, **extra}.items() if k != "seed"}
+    seeds = ["--seeds=" + ",".join(str(r.overrides["seed"]) for r in job.runs)]
   return [
     sys.executable,
     "-m",
     "compress_scaling.main",
     f"--config={sweep.base_config}",
-    f"--workdir={join(out, run.name)}",
+    f"--workdir={workdir}",
+    *seeds,
     *common.override_flags(overrides),
   ]
 
@@ -214,8 +269,17 @@ def _fmt_seconds(s: float) -> str:
 class Runner:
   """Runs the trainings (K at a time), records failures, forwards SIGTERM to them."""
 
-  def __init__(self, sweep: Sweep, out: str, extra: dict[str, str], log_dir: str, tag: str):
+  def __init__(
+    self,
+    sweep: Sweep,
+    out: str,
+    extra: dict[str, str],
+    log_dir: str,
+    tag: str,
+    compile_cache: str = "",
+  ):
     self.sweep, self.out, self.extra, self.log_dir = sweep, out, extra, log_dir
+    self.env = training_env(compile_cache)
     self.failures_path = join(out, f"failures{tag}.json")
     self.lock = threading.Lock()
     self.procs: set[subprocess.Popen] = set()
@@ -243,13 +307,13 @@ class Runner:
         if proc.poll() is None:
           proc.send_signal(signal.SIGTERM)
 
-  def run(self, run: common.Run) -> tuple[str, str]:
-    """Trains one run; returns (outcome, message), outcome in complete / diverged / failed /
-    not_started."""
+  def run(self, job: Job) -> list[tuple[str, str]]:
+    """Trains one job; returns (outcome, message) per run, outcome in complete / diverged /
+    failed / not_started."""
     if self.stopping:
-      return "not_started", run.name
-    cmd = command(self.sweep, run, self.out, self.extra)
-    log_path = os.path.join(self.log_dir, f"{run.name}.log")
+      return [("not_started", r.name) for r in job.runs]
+    cmd = command(self.sweep, job, self.out, self.extra)
+    log_path = os.path.join(self.log_dir, f"{job.name}.log")
     start = time.time()
     with open(log_path, "a") as log:
       offset = log.tell()
@@ -257,41 +321,57 @@ class Runner:
       log.flush()
       with self.lock:
         if self.stopping:
-          return "not_started", run.name
-        proc = subprocess.Popen(
-          cmd,
-          cwd=REPO,
-          env=dict(os.environ, PYTHONUNBUFFERED="1"),
-          stdout=log,
-          stderr=subprocess.STDOUT,
-        )
+          return [("not_started", r.name) for r in job.runs]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.add(proc)
       rc = proc.wait()
       with self.lock:
         self.procs.discard(proc)
-    status, loss = run_status(join(self.out, run.name))
     seconds = time.time() - start
+    tail = None
+    results = []
     with self.lock:
-      if rc == 0 and status in FINISHED:
-        if self.failures.pop(run.name, None) is not None:
-          self._save_failures()
-        return status, f"{status:<8} {run.name}  eval loss {loss}  ({seconds:.0f} s)"
-      with open(log_path) as f:
-        f.seek(offset)
-        tail = _tail(f.read())
-      reason = f"exit code {rc}" if rc else f"exited 0 with status {status!r}"
-      self.failures[run.name] = {
-        "returncode": rc,
-        "status": status,
-        "reason": reason,
-        "command": shell(cmd),
-        "log": log_path,
-        "error_tail": tail,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-      }
-      self._save_failures()
-    last = tail.splitlines()[-1][:200] if tail else ""
-    return "failed", f"FAILED   {run.name}  ({reason}, {seconds:.0f} s): {last}"
+      for run in job.runs:
+        status, loss = run_status(join(self.out, run.name))
+        if rc == 0 and status in FINISHED:
+          if self.failures.pop(run.name, None) is not None:
+            self._save_failures()
+          results.append((status, f"{status:<8} {run.name}  eval loss {loss}  ({seconds:.0f} s)"))
+          continue
+        if tail is None:
+          with open(log_path) as f:
+            f.seek(offset)
+            tail = _tail(f.read())
+        reason = f"exit code {rc}" if rc else f"exited 0 with status {status!r}"
+        self.failures[run.name] = {
+          "returncode": rc,
+          "status": status,
+          "reason": reason,
+          "command": shell(cmd),
+          "log": log_path,
+          "error_tail": tail,
+          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self._save_failures()
+        last = tail.splitlines()[-1][:200] if tail else ""
+        results.append(("failed", f"FAILED   {run.name}  ({reason}, {seconds:.0f} s): {last}"))
+    return results
+
+
+DEFAULT_COMPILE_CACHE = os.path.join("~", ".cache", "compress_scaling", "jax_cache")
+# Programs that compile faster than this are not worth a disk round trip (JAX's default is 1 s;
+# the mini runs' eval steps compile in ~1 s and their inits in ~3 s, measured).
+CACHE_MIN_COMPILE_S = "0.5"
+
+
+def training_env(compile_cache: str) -> dict[str, str]:
+  """The trainings' environment: unbuffered output and, unless `compile_cache` is '' or the
+  caller set JAX_COMPILATION_CACHE_DIR, JAX's persistent compilation cache in that folder."""
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  if compile_cache and "JAX_COMPILATION_CACHE_DIR" not in env:
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.expanduser(compile_cache)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", CACHE_MIN_COMPILE_S)
+  return env
 
 
 def _default_log_dir(out: str) -> str:
@@ -315,6 +395,17 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--slice", help="I/N: keep runs I, I+N, ... (after --only)")
   parser.add_argument("--log_dir", help="per-run console logs (default DIR/_logs)")
   parser.add_argument("--tag", default="", help="suffix of the failures file: failures<TAG>.json")
+  parser.add_argument(
+    "--max_pack",
+    type=int,
+    default=4,
+    help="replicate seeds of one config trained in one process, at most (1: one run each)",
+  )
+  parser.add_argument(
+    "--compile_cache",
+    default=DEFAULT_COMPILE_CACHE,
+    help="JAX persistent compilation cache shared by the trainings ('' for none)",
+  )
   parser.add_argument(
     "--fit",
     action="store_true",
@@ -342,20 +433,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: cannot read {args.out}: {e} (pip install gcsfs)", file=sys.stderr)
     return 2
   finished = {name: (e or {}).get("status") for name, e in entries.items()}
-  stale = {
-    r.name: fields
-    for r in runs
-    if finished[r.name] in FINISHED and (fields := stale_fields(entries[r.name], r.overrides))
-  }
+  try:
+    stale = {
+      r.name: fields
+      for r in runs
+      if finished[r.name] in FINISHED
+      and (fields := changed_fields(entries[r.name], expected_config(sweep, r, extra)))
+    }
+  except Exception as e:  # noqa: BLE001 -- the flag parser's errors name the bad value
+    print(f"error: building the runs' configs: {e}", file=sys.stderr)
+    return 2
   todo = [r for r in runs if finished[r.name] not in FINISHED]
+  todo_jobs = jobs(todo, args.max_pack)
   n_done = len(runs) - len(todo) - len(stale)
   header = (
     f"# {sweep.spec}: {len(runs)} runs selected of {len(sweep.runs)}, {n_done} already finished, "
-    f"{len(todo)} to run -> {args.out}"
+    f"{len(todo)} to run in {len(todo_jobs)} processes -> {args.out}"
   )
   stale_lines = [
-    f"# STALE {name}: finished with other {', '.join(fields)} than the sweep now sets; move "
-    "its workdir away to retrain it"
+    f"# STALE {name}: finished with another config (fields {', '.join(fields)}) than the "
+    "sweep now gives it; move its workdir away to retrain it"
     for name, fields in stale.items()
   ]
   estimate = common.estimate_cpu_seconds(todo)
@@ -369,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
         line += f", ~{_fmt_seconds(estimate)} on 2 CPU cores (configs/sweeps/common.py model)"
       print(line)
     print(f"# run from {REPO}")
-    for run in todo:
-      print(shell(command(sweep, run, args.out, extra)))
+    for job in todo_jobs:
+      print(shell(command(sweep, job, args.out, extra)))
     return 0
 
   import tqdm  # noqa: PLC0415 -- not needed for --dry_run
@@ -382,11 +479,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ~{_fmt_seconds(estimate)} on 2 CPU cores; logs in {log_dir}", file=sys.stderr)
   else:
     print(f"# logs in {log_dir}", file=sys.stderr)
-  runner = Runner(sweep, args.out, extra, log_dir, args.tag)
+  runner = Runner(sweep, args.out, extra, log_dir, args.tag, args.compile_cache)
   for run in runs:  # finished since an earlier failure: drop its record; record stale ones
     if run.name in stale:
       runner.failures[run.name] = {
-        "reason": f"finished with other {', '.join(stale[run.name])} than the sweep now sets",
+        "reason": f"finished with another config (fields {', '.join(stale[run.name])})",
         "status": finished[run.name],
         "command": shell(command(sweep, run, args.out, extra)),
       }
@@ -399,12 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     desc = pathlib.Path(sweep.spec).name
     bar = tqdm.tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=desc)
     with bar, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-      for future in concurrent.futures.as_completed([pool.submit(runner.run, r) for r in todo]):
-        outcome, message = future.result()
-        counts[outcome] += 1
-        if outcome != "not_started":
-          bar.update(1)
-          bar.write(message)
+      futures = [pool.submit(runner.run, job) for job in todo_jobs]
+      for future in concurrent.futures.as_completed(futures):
+        for outcome, message in future.result():
+          counts[outcome] += 1
+          if outcome != "not_started":
+            bar.update(1)
+            bar.write(message)
   finally:
     for s, handler in old_handlers.items():
       signal.signal(s, handler)

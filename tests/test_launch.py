@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from compress_scaling import config_lib
 from configs import base
 from configs.sweeps import common
 from launch import preflight, tpu_vm
@@ -79,37 +80,52 @@ def test_extra_overrides_are_checked(capsys):
 
 
 def test_dry_run_quotes_commands_and_skips_finished(tmp_path, capsys):
+  """Skipped: finished with the config hash main would record for the run's command line.
+  Reported STALE with the differing fields: finished with another config (the sweep or its
+  extra flags changed) or with none recorded. Resumed: stopped or unreadable entries."""
   out = tmp_path / "out dir"  # a space, to exercise the quoting
-  _write_entry(out / "0.1m_D215K_dense", "complete")
-  _write_entry(out / "0.1m_D215K_w8a16-gmse", "diverged")
+  extra = "--config.data.cache_dir=/tmp/a b;c"
+  extra_dict = sweep_lib.parse_config_overrides([extra])
+  sweep = sweep_lib.load_sweep("configs/sweeps/unified.py:quick")
+  by_name = {r.name: r for r in sweep.runs}
+
+  def config_of(name, **changes):
+    c = base.get_config()
+    common.apply_overrides(c, {**by_name[name].overrides, **extra_dict, **changes})
+    return config_lib.to_dict(c)
+
+  for name, status in (("0.1m_D215K_dense", "complete"), ("0.1m_D215K_w8a16-gmse", "diverged")):
+    expected = sweep_lib.expected_config(sweep, by_name[name], extra_dict)
+    assert expected == config_of(name)  # the runner's parse is ml_collections' own
+    _write_entry(out / name, status, expected)
   _write_entry(out / "0.1m_D215K_w4a16-gmse", "stopped")  # interrupted: resumes
   (out / "0.1m_D215K_w3a16-gmse").mkdir()
   (out / "0.1m_D215K_w3a16-gmse" / "log_entry.json").write_text("{corrupt")  # main reports it
-  sweep = sweep_lib.load_sweep("configs/sweeps/unified.py:quick")
-  by_name = {r.name: r for r in sweep.runs}
-  config = base.get_config()
-  common.apply_overrides(config, by_name["0.1m_D215K_w2a16-gmse"].overrides)
-  _write_entry(out / "0.1m_D215K_w2a16-gmse", "complete", config.to_dict())  # up to date
-  common.apply_overrides(config, by_name["0.1m_D215K_w1a16-gmse"].overrides)
-  config.total_steps = 999  # the sweep changed since this run finished
-  config.optimizer.lr = 0.5
-  _write_entry(out / "0.1m_D215K_w1a16-gmse", "complete", config.to_dict())
-  extra = "--config.data.cache_dir=/tmp/a b;c"
+  no_extra = base.get_config()
+  common.apply_overrides(no_extra, by_name["0.1m_D215K_w2a16-gmse"].overrides)
+  _write_entry(out / "0.1m_D215K_w2a16-gmse", "complete", config_lib.to_dict(no_extra))
+  changed = config_of("0.1m_D215K_w1a16-gmse", total_steps=999)
+  changed["optimizer"]["lr"] = 0.5  # the sweep changed since this run finished
+  _write_entry(out / "0.1m_D215K_w1a16-gmse", "complete", changed)
+  _write_entry(out / "0.1m_D215K_w8a8-gmse", "complete")  # no config recorded
   rc = sweep_lib.main(["configs/sweeps/unified.py:quick", f"--out={out}", "--dry_run", extra])
   assert rc == 0
   printed = capsys.readouterr().out.splitlines()
-  assert "17 runs selected of 17, 3 already finished, 13 to run" in printed[0]
-  assert printed[1].startswith("# STALE 0.1m_D215K_w1a16-gmse: finished with other total_steps ")
-  assert "on 2 CPU cores" in printed[2]
+  assert "17 runs selected of 17, 2 already finished, 12 to run in 12 processes" in printed[0]
+  stale = sorted(line for line in printed if line.startswith("# STALE"))
+  assert stale == [
+    "# STALE 0.1m_D215K_w1a16-gmse: finished with another config (fields optimizer.lr, "
+    "total_steps) than the sweep now gives it; move its workdir away to retrain it",
+    "# STALE 0.1m_D215K_w2a16-gmse: finished with another config (fields data.cache_dir) than "
+    "the sweep now gives it; move its workdir away to retrain it",
+    "# STALE 0.1m_D215K_w8a8-gmse: finished with another config (fields <no config recorded>) "
+    "than the sweep now gives it; move its workdir away to retrain it",
+  ]
+  assert any("on 2 CPU cores" in line for line in printed)
   commands = [shlex.split(line) for line in printed if not line.startswith("#")]
-  done = (
-    "0.1m_D215K_dense",
-    "0.1m_D215K_w8a16-gmse",
-    "0.1m_D215K_w2a16-gmse",
-    "0.1m_D215K_w1a16-gmse",
-  )
-  todo = [r for r in sweep.runs if r.name not in done]
-  extra_dict = sweep_lib.parse_config_overrides([extra])
+  finished = ("dense", "w8a16", "w2a16", "w1a16", "w8a8")
+  todo = [r for r in sweep.runs if r.name not in {f"0.1m_D215K_{f}-gmse" for f in finished}]
+  todo = [r for r in todo if r.name != "0.1m_D215K_dense"]
   assert commands == [sweep_lib.command(sweep, r, str(out), extra_dict) for r in todo]
   first = commands[0]
   assert first[1:5] == [
@@ -120,6 +136,33 @@ def test_dry_run_quotes_commands_and_skips_finished(tmp_path, capsys):
   ]
   assert "--config.compression=w4a16-gmse" in first and first[-1] == extra
   assert not (out / "failures.json").exists() and not (out / "_logs").exists()
+
+
+def test_replicate_seeds_run_as_packs(tmp_path):
+  """Runs of one pack become one process (`--seeds`), at most --max_pack seeds each; runs
+  that differ in anything but the seed never share a process."""
+  runs = [
+    *common.replicas("a", {"compression": "dense"}, [0, 1, 2]),
+    common.Run("b", {"compression": "dense"}),
+    *common.replicas("c", {"compression": "w4a16"}, [0, 1]),
+  ]
+  jobs = sweep_lib.jobs(runs, max_pack=2)
+  assert [[r.name for r in j.runs] for j in jobs] == [
+    ["a_s0", "a_s1"],
+    ["a_s2"],
+    ["b"],
+    ["c_s0", "c_s1"],
+  ]
+  assert [j.name for j in jobs] == ["a_s0+1", "a_s2", "b", "c_s0+1"]
+  sweep = sweep_lib.Sweep("x.py", "configs/smoke.py", runs)
+  cmd = sweep_lib.command(sweep, jobs[0], str(tmp_path), {})
+  assert f"--workdir={tmp_path}/a_s{{seed}}" in cmd and "--seeds=0,1" in cmd
+  assert not any(part.startswith("--config.seed") for part in cmd)
+  single = sweep_lib.command(sweep, jobs[1], str(tmp_path), {})
+  assert f"--workdir={tmp_path}/a_s2" in single and "--config.seed=2" in single
+  assert [len(j.runs) for j in sweep_lib.jobs(runs, max_pack=1)] == [1] * 6
+  with pytest.raises(ValueError, match="pack template"):
+    common.Run("a_s0", {"seed": 1}, pack="a_s{seed}")
 
 
 def test_runner_records_failures_and_resumes(tiny_sweep, tmp_path, capsys):
@@ -145,7 +188,8 @@ def test_runner_records_failures_and_resumes(tiny_sweep, tmp_path, capsys):
   assert (logs / "c_bad.log").read_text().count("=== ") == 2
 
   # A run that finished since (here: faked) leaves the failures file on the next sweep.
-  _write_entry(out / "c_bad", "complete")
+  sweep = sweep_lib.load_sweep(tiny_sweep)
+  _write_entry(out / "c_bad", "complete", sweep_lib.expected_config(sweep, sweep.runs[2], {}))
   assert sweep_lib.main([tiny_sweep, f"--out={out}"]) == 0
   assert json.loads((out / "failures.json").read_text())["failures"] == {}
 

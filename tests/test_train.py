@@ -132,3 +132,36 @@ def test_corrupt_log_entry_is_not_overwritten(tmp_path):
     train.train_and_evaluate(smoke.get_config(), str(tmp_path))
   assert (tmp_path / "log_entry.json").read_text().endswith('"sta')
   assert sorted(p.name for p in tmp_path.iterdir()) == ["log_entry.json"]
+
+
+def _snapshot(root):
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_finished_workdir_checks_the_config_first(tmp_path):
+  """On a finished workdir: an invalid config is reported as on a fresh one (exit 2); the same
+  config is reported finished (exit 0); another valid config is refused (exit 2) naming the
+  differing fields. The workdir's files stay byte-identical in every case."""
+  from tests.conftest import run_main  # noqa: PLC0415
+
+  fast = ("--config.total_steps=8", "--config.eval_every=4", "--config.checkpoint_every=4")
+  run_main(tmp_path, *fast)
+  before = _snapshot(tmp_path)
+  cases = {
+    "--config.compression=s150": "compression='s150': sparsity term 's150': sparsity must be",
+    "--config.model.size=bogus": "model.size='bogus' is unknown",
+    "--config.total_steps=0": "total_steps=0: must be a positive integer",
+  }
+  for flag, message in cases.items():
+    proc = run_main(tmp_path, *fast, flag, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, (flag, proc.stderr[-2000:])
+    assert "nothing to do" not in proc.stderr + proc.stdout
+    assert _snapshot(tmp_path) == before
+  same = run_main(tmp_path, *fast)
+  assert "is finished (status complete" in same.stderr and "nothing to do" in same.stderr
+  other = run_main(tmp_path, *fast, "--config.compression=w2a16", check=False)
+  assert other.returncode == 2, other.stderr[-2000:]
+  assert "finished run (status complete) of a different config (fields compression)" in (
+    other.stderr
+  )
+  assert _snapshot(tmp_path) == before

@@ -37,20 +37,43 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One training run of a sweep: a unique name (its workdir) and its config overrides."""
+  """One training run of a sweep: a unique name (its workdir) and its config overrides.
+
+  `pack`: for replicate seeds of one config (`replicas()`), the workdir template they share
+  ('<name>_s{seed}'); the sweep runner trains runs of one pack in one process, stacked in one
+  compiled program (`compress_scaling.main --seeds`)."""
 
   name: str
   overrides: dict[str, Any]
+  pack: str | None = None
 
   def __post_init__(self):
     if not _NAME_RE.fullmatch(self.name):
       raise ValueError(
         f"run name {self.name!r}: use letters, digits and . _ + = - (it names a directory)"
       )
+    if self.pack is not None and (
+      "seed" not in self.overrides
+      or self.pack.replace("{seed}", str(self.overrides["seed"])) != self.name
+    ):
+      raise ValueError(
+        f"run {self.name!r}: pack template {self.pack!r} must give the run's name with its "
+        "seed override"
+      )
 
   def flags(self) -> list[str]:
     """`--config.<field>=<value>` arguments for compress_scaling.main."""
     return override_flags(self.overrides)
+
+
+def replicas(name: str, overrides: dict[str, Any], seeds: Iterable[int]) -> list[Run]:
+  """One run per seed of one config, named '<name>_s<seed>', sharing the pack '<name>_s{seed}'.
+  Every compression of a cell gets the same seeds, so their runs share init and data order
+  (common random numbers: the paired loss differences the fit's noise model uses)."""
+  return [
+    Run(f"{name}_s{seed}", {**overrides, "seed": int(seed)}, pack=f"{name}_s{{seed}}")
+    for seed in seeds
+  ]
 
 
 def flag_value(value: Any) -> str:
