@@ -29,8 +29,23 @@ def _parse(argv):
     help="glob / directory / log_entry.json / runs CSV (repeatable)",
   )
   p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--protocol", choices=("two_stage", "joint"), default="two_stage")
-  p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals")
+  p.add_argument(
+    "--protocol",
+    choices=("paired", "two_stage", "joint"),
+    default="paired",
+    help="paired: two-stage with every compressed run against its dense partner (same N, D, "
+    "seed) where it has one (default); two_stage; joint (scaling/eff.py)",
+  )
+  p.add_argument(
+    "--bootstrap", type=int, default=1000, help="bootstrap draws for the intervals and orderings"
+  )
+  p.add_argument(
+    "--uncertainty",
+    choices=("seed_noise", "resample"),
+    default="seed_noise",
+    help="seed_noise: parametric bootstrap with the loss noise measured from replicate seeds "
+    "(default); resample: resample runs within each compression",
+  )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument(
     "--max_evals",
@@ -40,10 +55,18 @@ def _parse(argv):
     "2000); raise it when a fit is reported as not converged",
   )
   p.add_argument(
+    "--lack_of_fit",
+    choices=("report", "widen"),
+    default="report",
+    help="report: test the fit's residuals against the seed noise and say so (default); "
+    "widen: also draw the misfit as noise (conservative intervals)",
+  )
+  p.add_argument(
     "--min-runs",
     type=int,
-    default=2,
-    help="compressions with fewer runs are left out (and reported)",
+    default=None,
+    help="compressions with fewer runs are left out and reported (default 1 with "
+    "seed_noise, 2 with resample)",
   )
   p.add_argument(
     "--include-incomplete", action="store_true", help="also use runs whose status is not 'complete'"
@@ -88,6 +111,8 @@ def main(argv=None) -> int:
       figures=not args.no_figures,
       gmse=not args.no_gmse,
       max_evals=args.max_evals,
+      uncertainty=args.uncertainty,
+      lack_of_fit=args.lack_of_fit,
     )
   except FitError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -96,12 +121,20 @@ def main(argv=None) -> int:
   level = rep.table.attrs.get("ci_level", 0.95)
   print(
     f"eff(C), {rep.table.attrs['protocol']} fit of {rep.table.attrs['law']} on "
-    f"{rep.table.attrs['n_runs']} runs ({level:.0%} bootstrap intervals, "
-    f"{args.bootstrap} resamples):"
+    f"{rep.table.attrs['n_runs']} runs ({level:.0%} intervals):"
   )
   print(report.markdown(rep.table[cols]))
-  base = rep.table.attrs["base"]
-  print("base law: " + ", ".join(f"{k}={base[k]:.5g}" for k in ("A", "B", "E", "alpha", "beta")))
+  for line in report.table_footer(rep.table):
+    print(line)
+  if rep.standard_orderings is not None and len(rep.standard_orderings):
+    print(
+      "\nstandard orderings, P(eff(higher) > eff(lower)) from paired draws (resolved: >= 0.975):"
+    )
+    for row in rep.standard_orderings.itertuples():
+      print(f"  {row.expected:<32} P = {row.p:.3f}  {row.verdict}")
+  if rep.orderings is not None and len(rep.orderings):
+    n_res = int(rep.orderings.resolved.sum())
+    print(f"  all pairs: {n_res} of {len(rep.orderings)} resolved (orderings.csv)")
   if rep.composition is not None and len(rep.composition):
     print("\ncomposition eff(q+s) vs eff(q) * eff(s):")
     print(report.markdown(rep.composition))

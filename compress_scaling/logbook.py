@@ -20,12 +20,14 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from compress_scaling import paths
+
+if TYPE_CHECKING:
+  import pandas as pd
 
 SCHEMA = "compress_scaling/log_entry/v1"
 DEFAULT_KIND = "train"
@@ -187,6 +189,8 @@ def read_runs(
     duplicates  [(run_id, kept_file, [dropped_files])] same run_id: the newest `created` kept
     missing     [(file, [fields])] rows without N, D, loss or compression (kept, as NaN)
   """
+  import pandas as pd  # noqa: PLC0415 -- here, not at the top: training writes entries only
+
   patterns = [pattern] if isinstance(pattern, (str, os.PathLike)) else list(pattern)
   files = []
   for p in patterns:
@@ -266,6 +270,8 @@ def read_runs(
 
 def _fold_duplicates(df: pd.DataFrame):
   """Keeps one row per run_id, the newest `created` (ISO time; ties: the later file)."""
+  import pandas as pd  # noqa: PLC0415
+
   if df.empty or df.run_id.isna().all():
     return df, []
   created = pd.to_datetime(df["created"], errors="coerce", utc=True, format="mixed")

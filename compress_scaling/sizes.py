@@ -28,7 +28,14 @@ def _llama2(d_model: int, n_layers: int, n_heads: int, multiple: int = 256) -> D
 
 LADDER: dict[str, Dims] = {
   # CPU sizes (this project's own; head dim 16–32 so the tiny models stay attention-light).
+  # 0.03m, 0.06m, 0.1m, 0.17m and 0.32m are one family (2 blocks, head dim 16, width 32-112):
+  # the N axis of the unified mini sweep is width alone, the axis that moves the loss most at
+  # this scale (2 -> 4 blocks at width 64 gains ~0.03 nats at 215K tokens; 48 -> 64, ~0.06).
+  "0.03m": _llama2(32, 2, 2, multiple=64),
+  "0.06m": _llama2(48, 2, 3, multiple=64),
   "0.1m": _llama2(64, 2, 4, multiple=64),
+  "0.17m": _llama2(80, 2, 5, multiple=64),
+  "0.32m": _llama2(112, 2, 7, multiple=64),
   "0.2m": _llama2(64, 4, 4, multiple=64),
   "0.5m": _llama2(112, 3, 4, multiple=64),
   "1m": _llama2(128, 5, 4, multiple=64),

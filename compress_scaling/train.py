@@ -46,6 +46,21 @@ class WorkdirError(RuntimeError):
   """The workdir holds something this run must not overwrite."""
 
 
+class Phases(dict):
+  """Seconds spent per phase of a training process, recorded in each log entry as
+  train.phases_s (benchmarks/bench_sweep.py reads them): setup (config, workdirs), corpus,
+  restore, init (incl. its compilation), first_step (the train step's compilation and one
+  step), steps, eval (incl. the eval step's compilation), checkpoint, entry."""
+
+  @contextlib.contextmanager
+  def timed(self, name: str):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self[name] = self.get(name, 0.0) + time.perf_counter() - t
+
+
 @dataclasses.dataclass
 class Member:
   """One run of a replica set: its seed's config, its workdir and what the workdir holds."""
@@ -121,8 +136,10 @@ def train_replicas(config, workdirs: list[str], seeds: list[int]) -> list[dict]:
     raise ValueError(f"train_replicas: {len(workdirs)} workdirs for {len(seeds)} seeds")
   if len(set(seeds)) != len(seeds) or len(set(map(paths.absolute, workdirs))) != len(workdirs):
     raise ValueError(f"train_replicas: seeds {seeds} and workdirs must be distinct")
-  setup = steps.Setup.create(config)  # raises ConfigError before anything is read or written
-  members = [_inspect(with_seed(config, s), w) for w, s in zip(workdirs, seeds)]
+  phases = Phases()
+  with phases.timed("setup"):
+    setup = steps.Setup.create(config)  # raises ConfigError before anything is read or written
+    members = [_inspect(with_seed(config, s), w) for w, s in zip(workdirs, seeds)]
   for m in members:
     if m.finished is not None:
       logging.info(
@@ -133,13 +150,14 @@ def train_replicas(config, workdirs: list[str], seeds: list[int]) -> list[dict]:
       )
   todo = [m for m in members if m.finished is None]
   if todo:
-    for m in todo:
-      _write_meta(m)
-    _train(setup, todo)
+    with phases.timed("setup"):
+      for m in todo:
+        _write_meta(m)
+    _train(setup, todo, phases)
   return [m.finished for m in members]
 
 
-def _train(setup: steps.Setup, members: list[Member]) -> None:
+def _train(setup: steps.Setup, members: list[Member], phases: Phases) -> None:
   config = setup.config
   logging.info(
     "devices: %d (%s), processes: %d, mesh %s; %d model(s) in one program",
@@ -149,7 +167,8 @@ def _train(setup: steps.Setup, members: list[Member]) -> None:
     dict(zip(setup.mesh.axis_names, setup.mesh.devices.shape)),
     len(members),
   )
-  corpus = data.load_corpus(config.data)
+  with phases.timed("corpus"):
+    corpus = data.load_corpus(config.data)
   eval_batches = None
   runs = []
   for m in members:
@@ -163,10 +182,11 @@ def _train(setup: steps.Setup, members: list[Member]) -> None:
     )
     if eval_batches is None:  # held-out windows do not depend on the seed
       eval_batches = batches.eval(config.eval_batches)
-    ckpt = checkpoint.Checkpointer(
-      os.path.join(m.workdir, "checkpoints"), config.checkpoints_to_keep
-    )
-    restored = ckpt.restore(setup.abstract_state, corpus.fingerprint)
+    with phases.timed("restore"):
+      ckpt = checkpoint.Checkpointer(
+        os.path.join(m.workdir, "checkpoints"), config.checkpoints_to_keep
+      )
+      restored = ckpt.restore(setup.abstract_state, corpus.fingerprint)
     runs.append(_Run(m, batches, ckpt, restored))
   # Members resume together when their checkpoints are at the same step.
   by_step: dict[int, list[_Run]] = {}
@@ -175,17 +195,20 @@ def _train(setup: steps.Setup, members: list[Member]) -> None:
   for group in by_step.values():
     reps = replicas.Replicas(setup, tuple(r.member.config.seed for r in group))
     init_keys, step_keys = reps.keys()
-    if group[0].restored_state is None:
-      state = reps.init_state(init_keys)
-    else:
-      state = reps.stack([r.restored_state for r in group])
-      for r in group:
-        r.restored_state = None
-        logging.info("resumed %s from step %d", r.member.workdir, r.progress.step)
-    loop = _Loop(reps, group, eval_batches, reps.step_keys(step_keys))
+    with phases.timed("init"):
+      if group[0].restored_state is None:
+        state = reps.init_state(init_keys)
+      else:
+        state = reps.stack([r.restored_state for r in group])
+        for r in group:
+          r.restored_state = None
+          logging.info("resumed %s from step %d", r.member.workdir, r.progress.step)
+      jax.block_until_ready(state)
+    loop = _Loop(reps, group, eval_batches, reps.step_keys(step_keys), phases)
     state = loop.run(state)
-    for i, r in enumerate(group):
-      r.finish(setup, corpus, reps.member(state, i), eval_batches, len(group))
+    with phases.timed("entry"):
+      for i, r in enumerate(group):
+        r.finish(setup, corpus, reps.member(state, i), eval_batches, len(group), phases)
 
 
 class _Run:
@@ -205,7 +228,7 @@ class _Run:
   def alive(self) -> bool:
     return self.status is None
 
-  def finish(self, setup, corpus, state, eval_batches, n_members: int) -> None:
+  def finish(self, setup, corpus, state, eval_batches, n_members: int, phases: Phases) -> None:
     self.ckpt.close()
     self.summaries.close()
     status = self.status or "complete"
@@ -213,6 +236,7 @@ class _Run:
       self.member.meta, status, setup, corpus, state, self.progress, self.message
     )
     entry["train"]["replicas"] = n_members  # models trained together in one program
+    entry["train"]["phases_s"] = {k: round(v, 3) for k, v in phases.items()}  # so far
     config = setup.config
     if status == "complete" and config.eval_serving:
       serving_loss, _ = steps.evaluate(
@@ -262,8 +286,9 @@ class _Loop:
   diverged, its last good checkpoint is kept); the others train on.
   """
 
-  def __init__(self, reps: replicas.Replicas, runs: list[_Run], eval_batches, step_keys):
+  def __init__(self, reps: replicas.Replicas, runs: list[_Run], eval_batches, step_keys, phases):
     self.reps, self.runs, self.eval_batches, self.step_keys = reps, runs, eval_batches, step_keys
+    self.phases = phases
     self.config = reps.setup.config
     self.train_step, self.eval_step = reps.jit_train_step(), reps.jit_eval_step()
 
@@ -298,6 +323,7 @@ class _Loop:
         if t_timed is None:
           jax.block_until_ready(metrics)
           t_timed = time.perf_counter()
+          self.phases["first_step"] = self.phases.get("first_step", 0.0) + t_timed - t_session
         else:
           timed_steps += 1
         if bar is not None:
@@ -312,19 +338,22 @@ class _Loop:
           return state
         # Stop the throughput clock before eval and checkpointing.
         elapsed = time.perf_counter() - t_timed
+        self.phases["steps"] = self.phases.get("steps", 0.0) + elapsed
         for i in self.alive:
           runs[i].progress.add_time(timed_steps * tokens_per_step, elapsed)
         if at_eval:
-          self._evaluate(state, step)
+          with self.phases.timed("eval"):
+            self._evaluate(state, step)
         wall = time.perf_counter() - t_session
         for i in self.alive:
           runs[i].progress.add_wall(wall)
         t_session = time.perf_counter()
         if at_save or preemption.requested:
-          for i in self.alive:
-            r = runs[i]
-            fp = r.batches.corpus.fingerprint
-            r.ckpt.save(step, self.reps.member(state, i), r.progress.to_dict(fp))
+          with self.phases.timed("checkpoint"):
+            for i in self.alive:
+              r = runs[i]
+              fp = r.batches.corpus.fingerprint
+              r.ckpt.save(step, self.reps.member(state, i), r.progress.to_dict(fp))
         if preemption.requested:
           for i in self.alive:
             runs[i].ckpt.wait()

@@ -444,7 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: building the runs' configs: {e}", file=sys.stderr)
     return 2
   todo = [r for r in runs if finished[r.name] not in FINISHED]
-  todo_jobs = jobs(todo, args.max_pack)
+  # Longest first (LPT scheduling): with --jobs K the long runs do not end the sweep alone.
+  todo_jobs = sorted(
+    jobs(todo, args.max_pack), key=lambda j: -(common.estimate_cpu_seconds(j.runs) or 0.0)
+  )
   n_done = len(runs) - len(todo) - len(stale)
   header = (
     f"# {sweep.spec}: {len(runs)} runs selected of {len(sweep.runs)}, {n_done} already finished, "

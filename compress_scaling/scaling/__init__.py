@@ -1,7 +1,9 @@
 """Scaling-law fitting for compressed pretraining (colab-facing: no training/TPU imports).
 
     fit_chinchilla(N, D, L, **opts) -> ChinchillaFit   A, B, E, alpha, beta (attrs and keys)
-    fit_eff(runs, protocol='two_stage'|'joint', ...) -> DataFrame of eff(C) with intervals
+    fit_eff(runs, protocol='paired'|'two_stage'|'joint', ...) -> DataFrame of eff(C) with
+        intervals (parametric bootstrap with the seed noise, scaling/noise.py)
+    orderings.orderings(table), standard_orderings(table): P(eff(a) > eff(b)), paired draws
     composition_test(table), leave_one_size_out(runs)
     fit_sparse, fit_qat, fit_ptq (+ ptq_table), fit_eff_kumar, fit_capacity,
     gaussian_mse_for_spec; ptq_predictor (random forest + Kumar law, held-out sizes)
@@ -11,7 +13,7 @@ Fits follow Besiroglu et al. 2024 (Huber on log-loss, log-space parameters, L-BF
 Epoch's 4500-start grid) and run in float64 on the CPU inside a thread-local context.
 """
 
-from compress_scaling.scaling import laws, ptq_predictor
+from compress_scaling.scaling import laws, noise, orderings, ptq_predictor
 from compress_scaling.scaling.data import FitError, check_runs, load_runs
 from compress_scaling.scaling.eff import (
   composition_test,
@@ -38,6 +40,8 @@ from compress_scaling.scaling.neighbours import (
 )
 from compress_scaling.scaling.specs import bits_per_param, parse_spec
 
+standard_orderings = orderings.standard
+
 __all__ = [
   "EPOCH_GRID",
   "ChinchillaFit",
@@ -59,8 +63,11 @@ __all__ = [
   "laws",
   "leave_one_size_out",
   "load_runs",
+  "noise",
+  "orderings",
   "parse_spec",
   "predict_loss",
   "ptq_predictor",
   "ptq_table",
+  "standard_orderings",
 ]

@@ -240,21 +240,33 @@ def bootstrap_law(
   law: LogLaw,
   data: dict,
   theta_hat,
-  weights,
+  weights=None,
   *,
+  targets=None,
   aux=None,
   delta: float = 1e-3,
   max_evals: int = 400,
 ):
-  """Refits every resample (rows of `weights`) from theta_hat, all in one batched call.
-  Returns (thetas (B, P) with NaN rows where a refit failed, converged mask)."""
+  """Refits every resample from theta_hat, all in one batched call: rows of `weights`
+  (resample counts of the runs) or rows of `targets` (simulated data["target"] of a parametric
+  bootstrap, scaling/noise.py). Returns (thetas (B, P) with NaN rows where a refit failed,
+  converged mask)."""
+  if (weights is None) == (targets is None):
+    raise ValueError("bootstrap_law: pass exactly one of weights and targets")
+  n = len(np.asarray(data["target"]))
+  if targets is not None:
+    targets = np.asarray(targets, float)
+    weights = np.ones_like(targets)
+    data = dict(data, target=targets)
+    n = targets.shape[1]
+  weights = np.asarray(weights, float)
   B = len(weights)
   starts = np.broadcast_to(np.asarray(theta_hat, float), (B, len(theta_hat)))
   aux = np.zeros((B, 0)) if aux is None else np.asarray(aux, float)
   with optim.x64_cpu():
     d = dict(data, delta=np.float64(delta))
     res = optim.minimize_batch(
-      law.batched_vg, starts, weights, aux, d, optim.LbfgsOptions(max_evals=max_evals)
+      law.batched_vg, starts, weights.reshape(B, n), aux, d, optim.LbfgsOptions(max_evals=max_evals)
     )
   theta = np.where(np.isfinite(res.f)[:, None], res.x, np.nan)
   return theta, res.converged

@@ -15,6 +15,10 @@ caller's settings, so the training code never sees x64 switched on.
 
 A per-lane weight matrix `w (S, n)` carries everything that varies by lane besides the start:
 resample counts of a bootstrap, fold masks of a cross-validation, group masks of per-C fits.
+The exceptions are the PER_LANE_KEYS entries of `data` (target, anchor, lN, ...), which may
+be (S, n): the parametric bootstrap's simulated losses per lane (scaling/noise.py), and the
+per-compression refits, each lane holding only its compression's runs. The hand-written
+Chinchilla value-and-grad takes a per-lane target only.
 """
 
 from __future__ import annotations
@@ -229,6 +233,14 @@ def _take(tree, idx):
   return jax.tree_util.tree_map(lambda a: a[idx] if a.ndim else a, tree)
 
 
+PER_LANE_KEYS = ("target", "anchor", "has_anchor", "lN", "lD")
+
+
+def _per_lane(key: str, value) -> bool:
+  """Whether a data entry varies by lane: one of PER_LANE_KEYS given as (S, n)."""
+  return key in PER_LANE_KEYS and value.ndim == 2
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _minimize(vg, opt: LbfgsOptions, x0, valid, args):
   st = _init(vg, x0, args, opt.memory)
@@ -240,6 +252,7 @@ def _minimize(vg, opt: LbfgsOptions, x0, valid, args):
     order = jnp.argsort(jnp.where(jnp.isfinite(st.f), st.f, jnp.inf))[: opt.keep]
     st = _take(st, order)
     w, aux, data = args
+    data = {k: v[order] if _per_lane(k, v) else v for k, v in data.items()}
     args = (w[order], aux[order], data)
     st = _run(vg, args, opt, st, opt.max_evals)
     lanes = order
@@ -288,9 +301,10 @@ def minimize_batch(
   vg(x (S, P), w (S, n), aux (S, A), data) -> (f (S,), grad (S, P)) must be a pure, jit-able
   function, kept as a static argument: pass the same function object to reuse the
   compilation. `w` are per-lane point weights, `aux` per-lane fixed parameters, `data` a
-  dict of arrays shared by all lanes: per-point 1-D arrays of length n, plus scalars. With
-  pad=True the point axis and the lane axis are padded to bucket sizes (zero weights,
-  inactive lanes), so tables of similar size reuse one compilation. Call inside `x64_cpu()`.
+  dict of arrays shared by all lanes: per-point 1-D arrays of length n, plus scalars (and
+  optionally a per-lane target (S, n)). With pad=True the point axis and the lane axis are
+  padded to bucket sizes (zero weights, inactive lanes), so tables of similar size reuse one
+  compilation. Call inside `x64_cpu()`.
   """
   x0 = np.asarray(x0, float)
   S, P = x0.shape
@@ -300,17 +314,30 @@ def minimize_batch(
   aux = np.broadcast_to(np.asarray(aux, float), (S,) + np.shape(aux)[-1:])
   n_pad, S_pad = (_bucket(n), _bucket(S)) if pad else (n, S)
   data = {k: np.asarray(v) for k, v in data.items()}
+  for k, v in data.items():
+    if _per_lane(k, v) and v.shape != (S, n):
+      raise ValueError(f"minimize_batch: per-lane {k} has shape {v.shape}, expected {(S, n)}")
   if n_pad > n:
     w = np.pad(w, ((0, 0), (0, n_pad - n)))
     # Padding points repeat the last real point (valid inputs for every law) with weight 0.
     data = {
-      k: (np.pad(v, (0, n_pad - n), mode="edge") if v.ndim == 1 and len(v) == n else v)
+      k: (
+        np.pad(v, ((0, 0), (0, n_pad - n)), mode="edge")
+        if _per_lane(k, v)
+        else np.pad(v, (0, n_pad - n), mode="edge")
+        if v.ndim == 1 and len(v) == n
+        else v
+      )
       for k, v in data.items()
     }
   if S_pad > S:  # inactive lanes: copies of the last start, never run
     x0 = np.pad(x0, ((0, S_pad - S), (0, 0)), mode="edge")
     w = np.pad(w, ((0, S_pad - S), (0, 0)))
     aux = np.pad(aux, ((0, S_pad - S), (0, 0)), mode="edge")
+    data = {
+      k: np.pad(v, ((0, S_pad - S), (0, 0)), mode="edge") if _per_lane(k, v) else v
+      for k, v in data.items()
+    }
   valid = np.arange(S_pad) < S
   opt_eff = opt
   if opt.keep and opt.keep >= S:
@@ -344,6 +371,13 @@ def grid(*axes) -> np.ndarray:
 def vg_from_objective(objective: Callable) -> Callable:
   """objective(theta (P,), w (n,), aux (A,), data) -> scalar  ==>  batched value-and-grad.
 
-  `data` is a pytree of arrays shared by all lanes; `w` and `aux` are per lane.
+  `data` is a dict of arrays shared by all lanes (a two-dimensional `target` is per lane);
+  `w` and `aux` are per lane.
   """
-  return jax.vmap(jax.value_and_grad(objective), in_axes=(0, 0, 0, None))
+  vg = jax.value_and_grad(objective)
+
+  def batched(x, w, aux, data):
+    axes = {k: 0 if _per_lane(k, v) else None for k, v in data.items()}
+    return jax.vmap(vg, in_axes=(0, 0, 0, axes))(x, w, aux, data)
+
+  return batched

@@ -44,55 +44,228 @@ def _colors(n):
   return [cmap(i % cmap.N) for i in range(n)]
 
 
-def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> Figure:
-  """Loss vs N per compression with the fitted unified law, drawn at each compression's median
-  tokens per parameter (D/N). table=None (no fit, e.g. too few sizes): the measured runs only."""
+def _law_params(table):
+  base = table.attrs["base"]
+  return {k: float(base[k]) for k in ("A", "B", "E", "alpha", "beta")}
+
+
+def _eff_of(table, compressions) -> np.ndarray:
+  return table.eff.reindex(np.asarray(compressions)).to_numpy(float)
+
+
+def budget_panels(D_over_N, step: float = 0.25) -> np.ndarray:
+  """Panel of each run by its tokens per parameter: log2(D/N) rounded to `step` (runs whose
+  step counts round D/N a little apart share a panel)."""
+  return np.round(np.log2(np.asarray(D_over_N, float)) / step) * step
+
+
+def loss_vs_N_data(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+  """The points of loss_vs_N with their panel, the panel's tokens per parameter `ratio` (its
+  runs' median D/N) and `curve`: the drawn curve L(N, ratio N, C) at the point's N, which is
+  the law at the point's own D up to the rounding of D/N into the panel; `pred` is the law at
+  the point's exact (N, D) and resid = loss - pred (nats)."""
+  p = _law_params(table)
+  df = runs[runs.compression.isin(table.index)].copy()
+  df["panel"] = budget_panels(df.D / df.N)
+  df["ratio"] = (df.D / df.N).groupby(df.panel).transform("median")
+  eff = _eff_of(table, df.compression)
+  df["pred"] = laws.unified(df.N, df.D, eff, **p)
+  df["curve"] = laws.unified(df.N, df.ratio * df.N, eff, **p)
+  df["resid"] = df.loss - df.pred
+  return df
+
+
+def seed_band(table: pd.DataFrame) -> float | None:
+  """Seed-to-seed SD of the loss in nats from the fit's replicates (scaling/noise.py)."""
+  model = table.attrs.get("noise")
+  if model is None or not np.isfinite(model.replicate_spread):
+    return None
+  return float(model.replicate_spread * model.mean_loss)
+
+
+def _runs_only(runs: pd.DataFrame) -> Figure:
   fig = Figure(figsize=(7.5, 5))
   ax = fig.add_subplot()
-  if table is None:
-    comps = sorted(runs.compression.unique(), key=lambda c: (c != "dense", c))
-  else:
-    comps = [c for c in table.index if c in set(runs.compression)]
+  comps = sorted(runs.compression.unique(), key=lambda c: (c != "dense", c))
   for color, c in zip(_colors(len(comps)), comps):
     r = runs[runs.compression == c]
-    label = c if table is None else f"{c} (eff {table.eff[c]:.3g})"
-    ax.scatter(r.N, r.loss, color=color, s=18, label=label)
-    if table is None:
-      continue
-    base = table.attrs["base"]
-    ratio = float(np.median(r.D / r.N))
-    n = np.geomspace(r.N.min() / 1.5, r.N.max() * 1.5, 64)
-    ax.plot(
-      n,
-      laws.unified(
-        n, ratio * n, table.eff[c], base["A"], base["B"], base["E"], base["alpha"], base["beta"]
-      ),
-      color=color,
-      lw=1,
-    )
+    ax.scatter(r.N, r.loss, color=color, s=18, label=c)
   _log_x(ax)
   ax.set_xlabel("N (non-embedding parameters)")
   ax.set_ylabel("final eval loss")
   ax.legend(fontsize=7, ncol=2)
-  if table is None:
-    title = f"{UNIFIED}\nmeasured runs only (no fit); {len(runs)} runs"
-  else:
-    title = (
-      f"{UNIFIED}\ncurves at each C's median D/N; {len(runs)} runs, "
-      f"{table.attrs.get('protocol', '')} fit"
-    )
-  ax.set_title(title, fontsize=9)
+  ax.set_title(f"{UNIFIED}\nmeasured runs only (no fit); {len(runs)} runs", fontsize=9)
   return fig
 
 
-def _err(t):
-  """Error-bar lengths; a percentile interval can miss the point estimate by a rounding
-  hair (noise-free runs), and matplotlib rejects negative lengths, so they are clipped."""
-  lo, hi = t.eff - t.eff_lo, t.eff_hi - t.eff
-  return (
-    np.clip(np.where(np.isfinite(lo), lo, 0), 0, None),
-    np.clip(np.where(np.isfinite(hi), hi, 0), 0, None),
+def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> Figure:
+  """Loss vs N per compression with the fitted unified law, one panel per token budget
+  (tokens per parameter D/N): each curve is the law at its panel's D/N, so it runs among its
+  own points. Below each panel the residuals (measured - law, nats) with the seed-noise band
+  of the replicates. table=None (no fit, e.g. too few sizes): the measured runs only."""
+  if table is None:
+    return _runs_only(runs)
+  df = loss_vs_N_data(runs, table)
+  p = _law_params(table)
+  panels = sorted(df.panel.unique())
+  comps = [c for c in table.index if c in set(df.compression)]
+  colors = dict(zip(comps, _colors(len(comps))))
+  band = seed_band(table)
+  fig = Figure(figsize=(3.6 * len(panels) + 1, 6.4))
+  grid = fig.add_gridspec(2, len(panels), height_ratios=(3, 1), hspace=0.06, wspace=0.28)
+  handles = {}
+  for k, panel in enumerate(panels):
+    sub = df[df.panel == panel]
+    ax = fig.add_subplot(grid[0, k])
+    res = fig.add_subplot(grid[1, k], sharex=ax)
+    ratio = float(sub.ratio.iloc[0])
+    for c in [c for c in comps if c in set(sub.compression)]:
+      r = sub[sub.compression == c]
+      handles[c] = ax.scatter(r.N, r.loss, color=colors[c], s=16)
+      n = np.geomspace(r.N.min() / 1.3, r.N.max() * 1.3, 48)
+      ax.plot(n, laws.unified(n, ratio * n, table.eff[c], **p), color=colors[c], lw=1)
+      res.scatter(r.N, r.resid, color=colors[c], s=10)
+    res.axhline(0, color="k", lw=0.8)
+    if band is not None:
+      res.axhspan(-band, band, color="0.85", zorder=0)
+    _log_x(ax)
+    _log_x(res)
+    ax.tick_params(labelbottom=False)
+    ax.set_title(f"D/N = {ratio:.3g}: {len(sub)} runs", fontsize=8)
+    res.set_xlabel("N (non-embedding parameters)")
+    if k == 0:
+      ax.set_ylabel("final eval loss")
+      res.set_ylabel("measured − law (nats)", fontsize=8)
+  labels = [f"{c} (eff {table.eff[c]:.3g})" for c in handles]
+  fig.legend(
+    list(handles.values()),
+    labels,
+    fontsize=6,
+    ncol=6,
+    loc="upper center",
+    bbox_to_anchor=(0.5, 0.03),
   )
+  band_text = "" if band is None else f"; grey: ±1 seed SD ({band:.3g} nats, replicates)"
+  fig.suptitle(
+    f"{UNIFIED}\n{table.attrs.get('protocol', '')} fit, {len(df)} runs, curves at each "
+    f"panel's D/N; residual RMS {np.sqrt(np.mean(df.resid**2)):.3g} nats{band_text}",
+    fontsize=9,
+  )
+  return fig
+
+
+def collapse_data(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+  """The collapse plot's points: x = N eff(C), y = loss - B D^-beta (the run's loss less its
+  fitted data term), `curve` = A x^-alpha + E (the one dense curve at x) and resid = y -
+  curve (= loss - law)."""
+  p = _law_params(table)
+  df = runs[runs.compression.isin(table.index)].copy()
+  df["x"] = df.N * _eff_of(table, df.compression)
+  df["y"] = df.loss - p["B"] * df.D ** -p["beta"]
+  df["curve"] = p["A"] * df.x ** -p["alpha"] + p["E"]
+  df["resid"] = df.y - df.curve
+  return df
+
+
+def collapse(runs: pd.DataFrame, table: pd.DataFrame, label_worst: int = 4) -> Figure:
+  """The unified law in one picture, as Frantar et al. 2025 and Panferov et al. 2025 draw it:
+  every run at x = N eff(C) with its loss less the fitted data term B D^-beta, against the one
+  dense curve A x^-alpha + E. Runs that do not collapse onto it stand out; the `label_worst`
+  farthest are named."""
+  df = collapse_data(runs, table)
+  p = _law_params(table)
+  fig = Figure(figsize=(7.5, 5.2))
+  ax = fig.add_subplot()
+  comps = [c for c in table.index if c in set(df.compression)]
+  for color, c in zip(_colors(len(comps)), comps):
+    r = df[df.compression == c]
+    ax.scatter(r.x, r.y, color=color, s=16, label=c, marker="s" if c == "dense" else "o")
+  x = np.geomspace(df.x.min() / 1.3, df.x.max() * 1.3, 96)
+  ax.plot(x, p["A"] * x ** -p["alpha"] + p["E"], "k-", lw=1.2, label="A x^-α + E (dense)")
+  worst = df.resid.abs().sort_values(ascending=False).index[:label_worst]
+  for _, r in df.loc[worst].iterrows():
+    name = f"{r.compression}, N={r.N:.3g}, D={r.D:.3g}: {r.resid:+.3f}"
+    ax.annotate(name, (r.x, r.y), fontsize=6, xytext=(4, -9), textcoords="offset points")
+  _log_x(ax)
+  ax.set_xlabel("N · eff(C)  (effective parameters)")
+  ax.set_ylabel("loss − B D^-β  (nats)")
+  ax.legend(fontsize=6, ncol=2)
+  ax.set_title(
+    f"{UNIFIED}: every run on the dense curve\n{table.attrs.get('protocol', '')} fit, "
+    f"{len(df)} runs, residual RMS {np.sqrt(np.mean(df.resid**2)):.3g} nats; "
+    f"the {label_worst} farthest labelled",
+    fontsize=9,
+  )
+  return fig
+
+
+def eff_axis_top(effs) -> float:
+  """Top of an eff axis: room above the largest point estimate (intervals may go past it)."""
+  return float(max(1.2, 1.15 * np.nanmax(np.asarray(effs, float))))
+
+
+def eff_bars(t: pd.DataFrame, top: float) -> pd.DataFrame:
+  """What eff_errorbar draws: each bar's ends within [0, top] and whether the upper end was
+  cut (`clipped`, with the true upper end in eff_hi)."""
+  lo = np.clip(np.nan_to_num(t.eff_lo.to_numpy(float), nan=t.eff), 0, None)
+  hi = np.nan_to_num(t.eff_hi.to_numpy(float), nan=t.eff)
+  return pd.DataFrame(
+    {
+      "eff": t.eff,
+      "lo": np.minimum(lo, t.eff),
+      "hi": np.clip(np.maximum(hi, t.eff), None, top),
+      "clipped": hi > top,
+      "eff_hi": hi,
+    },
+    index=t.index,
+  )
+
+
+def eff_errorbar(ax, x, t: pd.DataFrame, top: float, fmt="o", **kw):
+  """eff with its interval on an axis that ends at `top`: a bar that runs past it ends in an
+  arrow labelled with its true upper end, so no interval is shown shorter than it is."""
+  b = eff_bars(t, top)
+  x = np.asarray(x, float)
+  out = ax.errorbar(x, b.eff, yerr=(b.eff - b.lo, b.hi - b.eff), fmt=fmt, capsize=3, **kw)
+  for xi, (_, r) in zip(x, b.iterrows()):
+    if r.clipped:
+      ax.annotate(
+        f"↑ {r.eff_hi:.3g}",
+        (xi, top),
+        xytext=(0, -10),
+        textcoords="offset points",
+        fontsize=6,
+        ha="center",
+        color=out[0].get_color(),
+      )
+  ax.set_ylim(0, top)
+  return out
+
+
+def _steps(ax, x, t: pd.DataFrame) -> None:
+  """Links consecutive points of a panel (by bits) with their paired ordering: solid where
+  P(eff(higher bits) > eff(lower bits)) >= 0.975 (resolved), dotted where not."""
+  from compress_scaling.scaling import orderings  # noqa: PLC0415
+
+  log_draws = orderings._log_draws(t)
+  if log_draws is None:
+    return
+  order = np.argsort(-np.asarray(x, float), kind="stable")
+  names, xs = list(t.index[order]), np.asarray(x, float)[order]
+  for (a, xa), (b, xb) in zip(zip(names, xs), zip(names[1:], xs[1:])):
+    if a not in log_draws or b not in log_draws or xa == xb:
+      continue
+    p = orderings.pair(log_draws, a, b)["p"]
+    resolved = p >= orderings.LEVEL
+    ax.plot([xa, xb], [t.eff[a], t.eff[b]], "-" if resolved else ":", color="0.4", lw=0.9)
+    ax.annotate(
+      f"P={p:.3f}",
+      ((xa + xb) / 2, (t.eff[a] + t.eff[b]) / 2),
+      fontsize=6,
+      color="0.3",
+      xytext=(2, 2),
+      textcoords="offset points",
+    )
 
 
 def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
@@ -113,7 +286,8 @@ def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
     t = table.loc[rows]
     x = np.where(t.index == "dense", laws.UNQUANTIZED_BITS, st.loc[rows, xcol])
     n_runs += int(t.n_runs[t.index != "dense"].sum())
-    ax.errorbar(x, t.eff, yerr=_err(t), fmt="o", capsize=3)
+    eff_errorbar(ax, x, t, eff_axis_top(table.eff))
+    _steps(ax, x, t)
     for xi, yi, name in zip(x, t.eff, t.index):
       ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if kumar is not None:
@@ -129,9 +303,14 @@ def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
     )
     ax.set_ylabel("eff(C)")
     ax.set_title(title, fontsize=9)
+  links = (
+    "; links: solid = paired ordering resolved (P >= 0.975), dotted = not"
+    if table.attrs.get("bootstrap") is not None
+    else ""
+  )
   fig.suptitle(
-    f"eff vs bits, {UNIFIED}; {n_runs} compressed runs "
-    f"(+{int(table.n_runs.get('dense', 0))} dense)",
+    f"eff vs bits, {UNIFIED}; {table.attrs.get('protocol', '')} fit, {n_runs} compressed runs "
+    f"(+{int(table.n_runs.get('dense', 0))} dense){links}",
     fontsize=9,
   )
   return fig
@@ -146,8 +325,7 @@ def eff_vs_sparsity(table: pd.DataFrame, sparse_fit=None) -> Figure:
   ax = fig.add_subplot()
   for mask, label, mk in ((~nm, "unstructured", "o"), (nm, "n:m", "s")):
     if mask.any():
-      lo, hi = _err(t[mask])
-      ax.errorbar(100 * s[mask], t.eff[mask], yerr=(lo, hi), fmt=mk, capsize=3, label=label)
+      eff_errorbar(ax, 100 * s[mask], t[mask], eff_axis_top(table.eff), fmt=mk, label=label)
   for xi, yi, name in zip(100 * s, t.eff, t.index):
     ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
   if sparse_fit is not None:
@@ -168,7 +346,7 @@ def eff_vs_gmse(table: pd.DataFrame, gmse: pd.DataFrame, capacity=None) -> Figur
   x = t[[c for c in ("gmse_w", "gmse_a", "gmse_s") if c in t]].max(axis=1)
   fig = Figure(figsize=(6, 4.2))
   ax = fig.add_subplot()
-  ax.errorbar(x, t.eff, yerr=_err(t), fmt="o", capsize=3)
+  eff_errorbar(ax, x, t, eff_axis_top(table.eff))
   for xi, yi, name in zip(x, t.eff, t.index):
     ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
   if capacity is not None:

@@ -4,6 +4,7 @@ Used by `python -m compress_scaling.fit` and usable as is from a colab."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import warnings
@@ -13,7 +14,7 @@ import pandas as pd
 
 from compress_scaling.scaling import data as data_mod
 from compress_scaling.scaling import eff as eff_mod
-from compress_scaling.scaling import neighbours, plots
+from compress_scaling.scaling import neighbours, orderings, plots
 from compress_scaling.scaling.data import FitError
 
 TABLE_COLUMNS = [
@@ -52,6 +53,8 @@ class Report:
   composition: pd.DataFrame | None = None
   holdout: pd.DataFrame | None = None
   fits: dict = dataclasses.field(default_factory=dict)
+  orderings: pd.DataFrame | None = None  # every pair, paired draws (scaling/orderings.py)
+  standard_orderings: pd.DataFrame | None = None  # the papers' orderings among these labels
 
 
 def _gmse_table(comps, notes) -> pd.DataFrame | None:
@@ -74,16 +77,30 @@ def _gmse_table(comps, notes) -> pd.DataFrame | None:
 
 
 def _holdout(runs, protocol, notes):
-  """Fit without the largest size, predict it; plus in-sample predictions of the rest."""
+  """Fit without the largest size, predict it; the same for the largest size with compressed
+  runs when that is another size (a largest size with dense runs only tests the base law)."""
   sizes = np.unique(runs.N)
   if len(sizes) < 4:
     notes.append(f"held-out check skipped: needs at least 4 distinct N, got {len(sizes)}")
     return None
+  held_out = [sizes[-1]]
+  compressed = np.unique(runs.N[runs.compression != eff_mod.DENSE])
+  if len(compressed) and compressed[-1] != sizes[-1] and len(compressed) > 1:
+    held_out.append(compressed[-1])
   try:
-    held = eff_mod.leave_one_size_out(runs, sizes=[sizes[-1]], protocol=protocol)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # the folds' own notes repeat the full fit's
+      held = eff_mod.leave_one_size_out(runs, sizes=held_out, protocol=protocol)
   except FitError as e:
     notes.append(f"held-out check failed: {e}")
     return None
+  for n_out, err in held.attrs["summary"].items():
+    sub = held[held.held_out_N == n_out]
+    kinds = "dense only" if set(sub.compression) == {eff_mod.DENSE} else "dense and compressed"
+    notes.append(
+      f"held-out size N = {n_out:.4g} ({len(sub)} runs, {kinds}): predicted from the other "
+      f"sizes with mean |relative error| {err:.2%}, max {np.max(np.abs(sub.rel_err)):.2%}"
+    )
   return held
 
 
@@ -91,13 +108,15 @@ def build_report(
   runs,
   out_dir: str,
   *,
-  protocol: str = "two_stage",
+  protocol: str = "paired",
   bootstrap: int = 1000,
   seed: int = 0,
-  min_runs: int = 2,
+  min_runs: int | None = None,
   figures: bool = True,
   gmse: bool = True,
   max_evals: int | None = None,
+  uncertainty: str = "seed_noise",
+  lack_of_fit: str = "report",
 ) -> Report:
   """Fits everything the runs support and writes eff_table.{md,csv}, composition.{md,csv},
   holdout.csv and the figures (PNG + PDF) to out_dir. Runs with bad or missing fields and
@@ -121,15 +140,41 @@ def build_report(
       min_runs=min_runs,
       on_insufficient="skip",
       max_evals=max_evals,
+      uncertainty=uncertainty,
+      lack_of_fit=lack_of_fit,
     )
   notes += [str(w.message) for w in caught]
   fits["base"] = table.attrs["base"]
   cols = [c for c in TABLE_COLUMNS if c in table.columns]
-  for ext, text in (("md", markdown(table[cols])), ("csv", table[cols].to_csv())):
+  footer = "".join(f"\n{line}\n" for line in table_footer(table))
+  for ext, text in (("md", markdown(table[cols]) + footer), ("csv", table[cols].to_csv())):
     path = os.path.join(out_dir, f"eff_table.{ext}")
     with open(path, "w") as f:
       f.write(text)
     files.append(path)
+  ords = orderings.orderings(table)
+  std = orderings.standard(table)
+  if len(ords):
+    path = os.path.join(out_dir, "orderings.csv")
+    ords.to_csv(path, index=False)
+    files.append(path)
+  by_size = eff_mod.eff_by_size(train, table)
+  if by_size.shape[1] > 1:
+    path = os.path.join(out_dir, "eff_by_size.csv")
+    by_size.to_csv(path)
+    files.append(path)
+    multi = by_size.dropna(thresh=2)
+    if len(multi):
+      ends = multi.apply(lambda r: r.dropna().iloc[-1] / r.dropna().iloc[0], axis=1)
+      notes.append(
+        f"eff by size (eff_by_size.csv): eff at the largest over the smallest size of each "
+        f"compression ranges {ends.min():.2f}-{ends.max():.2f} (median {ends.median():.2f}); "
+        "the law assumes 1"
+      )
+  path = os.path.join(out_dir, "fit_summary.json")
+  with open(path, "w") as f:
+    json.dump(fit_summary(table, std), f, indent=2, default=_json_default)
+  files.append(path)
   comp = eff_mod.composition_test(table)
   if len(comp):
     for ext, text in (("md", markdown(comp)), ("csv", comp.to_csv())):
@@ -141,7 +186,9 @@ def build_report(
   held = _holdout(used, protocol, notes)
   if held is not None:
     path = os.path.join(out_dir, "holdout.csv")
-    held[["compression", "N", "D", "loss", "pred", "rel_err"]].to_csv(path, index=False)
+    held[["compression", "N", "D", "loss", "pred", "rel_err", "held_out_N"]].to_csv(
+      path, index=False
+    )
     files.append(path)
   try:
     fits["kumar"] = neighbours.fit_eff_kumar(table)
@@ -173,7 +220,71 @@ def build_report(
       notes.append(f"Kumar et al. PTQ law skipped: {e}")
   if figures:
     files += _figures(out_dir, used, table, held, gm, fits, notes)
-  return Report(table=table, files=files, notes=notes, composition=comp, holdout=held, fits=fits)
+  return Report(
+    table=table,
+    files=files,
+    notes=notes,
+    composition=comp,
+    holdout=held,
+    fits=fits,
+    orderings=ords,
+    standard_orderings=std,
+  )
+
+
+def table_footer(table: pd.DataFrame) -> list[str]:
+  """Lines printed and written below the eff table: the intervals' source, the loss noise,
+  the base law and what it leaves unidentified."""
+  out = []
+  model = table.attrs.get("noise")
+  n_draws = 0 if table.attrs.get("bootstrap") is None else len(table.attrs["bootstrap"])
+  level = table.attrs.get("ci_level", 0.95)
+  if table.attrs.get("uncertainty") == "seed_noise" and n_draws:
+    out.append(
+      f"Intervals: {level:.0%}, {n_draws} parametric-bootstrap draws with the measured loss "
+      "noise (scaling/noise.py), every draw refitting the whole protocol."
+    )
+  elif n_draws:
+    out.append(f"Intervals: {level:.0%}, {n_draws} resamples of the runs within each compression.")
+  if model is not None:
+    out.append(model.describe() + ".")
+  base = table.attrs.get("base")
+  if base is not None:
+    out.append(
+      "Base law: " + ", ".join(f"{k}={base[k]:.4g}" for k in ("A", "B", "E", "alpha", "beta"))
+    )
+  unidentified = table.attrs.get("unidentified") or {}
+  if unidentified:
+    out.append(
+      "Not identified by the dense runs: "
+      + "; ".join(f"{k} ({why})" for k, why in unidentified.items())
+    )
+  return out
+
+
+def fit_summary(table: pd.DataFrame, standard: pd.DataFrame | None = None) -> dict:
+  """The table's metadata as JSON: protocol, base law, noise, unidentified parameters and
+  the standard orderings' verdicts."""
+  base = table.attrs.get("base")
+  model = table.attrs.get("noise")
+  return {
+    "protocol": table.attrs.get("protocol"),
+    "law": table.attrs.get("law"),
+    "n_runs": table.attrs.get("n_runs"),
+    "uncertainty": table.attrs.get("uncertainty"),
+    "base": None if base is None else {k: float(base[k]) for k in ("A", "B", "E", "alpha", "beta")},
+    "noise": None if model is None else model.summary(),
+    "unidentified": table.attrs.get("unidentified") or {},
+    "standard_orderings": [] if standard is None else standard.to_dict("records"),
+  }
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.bool_):
+    return bool(x)
+  raise TypeError(f"not JSON: {type(x).__name__}")
 
 
 def _sparse_fit(runs, fits, notes) -> None:
@@ -222,6 +333,7 @@ def _figures(out_dir, runs, table, held, gm, fits, notes) -> list[str]:
       notes.append(f"figure {name} skipped: {e}")
 
   emit("loss_vs_N", lambda: plots.loss_vs_N(runs, table))
+  emit("collapse", lambda: plots.collapse(runs, table))
   kinds = set(table.kind)
   if kinds & {"weight", "weight+act"}:
     emit("eff_vs_bits", lambda: plots.eff_vs_bits(table, fits.get("kumar")))

@@ -27,22 +27,43 @@ def unified_runs(
   noise: float = 0.003,
   seed: int = 0,
   d_model=None,
+  seeds=None,
+  seed_noise: float = 0.0,
 ) -> pd.DataFrame:
-  """One run per (compression, N, D = r N) with L = unified law x exp(noise N(0, 1)).
-  effs: {spec: eff}, 'dense' should be 1. d_model: optional {N: width} for a model.d_model
-  column (the per-channel group size of the QAT law)."""
+  """One run per (compression, N, D = r N[, training seed]) with L = unified law x
+  exp(noise N(0, 1)). effs: {spec: eff}, 'dense' should be 1. d_model: optional {N: width}
+  for a model.d_model column (the per-channel group size of the QAT law). seeds: training
+  seeds (a `seed` column): every compression is run once per seed at every (N, D), and
+  `seed_noise` is the SD of a log-loss effect shared by the runs of one (N, D, seed), the
+  common random numbers of real sweeps (scaling/noise.py)."""
   rng = np.random.default_rng(seed)
+  train_seeds = (None,) if seeds is None else tuple(seeds)
+  shared = {
+    (N, r, s): seed_noise * rng.standard_normal()
+    for N in sizes
+    for r in tokens_per_param
+    for s in train_seeds
+  }
   rows = []
   for c, e in effs.items():
     for N in sizes:
       for r in tokens_per_param:
-        L = laws.unified(N, r * N, e, **base) * np.exp(noise * rng.standard_normal())
-        row = dict(
-          run_id=f"{c}-N{N:.3g}-r{r}", compression=c, N=N, D=r * N, loss=float(L), eff_true=e
-        )
-        if d_model is not None:
-          row["model.d_model"] = d_model[N]
-        rows.append(row)
+        for s in train_seeds:
+          eps = noise * rng.standard_normal() + shared[(N, r, s)]
+          L = laws.unified(N, r * N, e, **base) * np.exp(eps)
+          row = dict(
+            run_id=f"{c}-N{N:.3g}-r{r}" + ("" if s is None else f"-s{s}"),
+            compression=c,
+            N=N,
+            D=r * N,
+            loss=float(L),
+            eff_true=e,
+          )
+          if s is not None:
+            row["seed"] = s
+          if d_model is not None:
+            row["model.d_model"] = d_model[N]
+          rows.append(row)
   return pd.DataFrame(rows)
 
 

@@ -217,8 +217,21 @@ def fmt_num(x: float) -> str:
 # checkpoints) of ~10 s. unified.py:quick (17 runs at 0.1m) took 4.0 minutes, the model says
 # 4.4. Indicative only: under load ~5 the same box ran 0.1m / 0.2m / 0.5m at 15k / 8k / 5.5k
 # tokens/s, up to 2x slower.
-CPU_TOKENS_PER_S = {"0.1m": 20_000, "0.2m": 15_000, "0.5m": 10_000, "1m": 4_000}
-CPU_OVERHEAD_S = 10.0
+# The width family of unified.py:mini (batch 4 x 128), measured on the quiet box in packs of two
+# seeds (benchmarks/bench_sweep.py; train.phases_s of the sweep's entries): 0.03m 45k, 0.06m
+# 35k, 0.1m 22k, 0.17m 19k, 0.32m 12k tokens/s; a process's start-up, compilation and entries
+# take ~12 s (~15-20 s when two run at once), once per pack however many seeds it trains.
+CPU_TOKENS_PER_S = {
+  "0.03m": 45_000,
+  "0.06m": 35_000,
+  "0.1m": 20_000,
+  "0.17m": 19_000,
+  "0.2m": 15_000,
+  "0.32m": 12_000,
+  "0.5m": 10_000,
+  "1m": 4_000,
+}
+CPU_OVERHEAD_S = 12.0
 
 
 TOKEN_FIELDS = ("total_steps", "batch_size", "seq_len")
@@ -232,15 +245,18 @@ def run_tokens(overrides: dict[str, Any]) -> int | None:
 
 
 def estimate_cpu_seconds(runs: Iterable[Run]) -> float | None:
-  """Estimated wall time on 2 CPU cores (model above); None if a run's size is not in the table
-  or its overrides do not fix its token count."""
-  total = 0.0
+  """Estimated wall time on 2 CPU cores (model above; the start-up counted once per pack of
+  replicate seeds, as the sweep runner trains them in one process); None if a run's size is
+  not in the table or its overrides do not fix its token count."""
+  total, packs = 0.0, set()
   for run in runs:
     tokens = run_tokens(run.overrides)
     size = run.overrides.get("model.size")
     if tokens is None or size not in CPU_TOKENS_PER_S:
       return None
-    total += CPU_OVERHEAD_S + tokens / CPU_TOKENS_PER_S[size]
+    key = run.name if run.pack is None else (run.pack, size, tokens)
+    total += (0.0 if key in packs else CPU_OVERHEAD_S) + tokens / CPU_TOKENS_PER_S[size]
+    packs.add(key)
   return total
 
 

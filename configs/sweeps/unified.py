@@ -24,28 +24,34 @@ gs://.../spm.model` (with the default byte tokenizer a "token" is a byte). total
 ceil(tokens_per_param x N / 262,144), e.g. 30m (30.48M) x 50 = 1.52B tokens = 5,815 steps;
 200m (203.2M) x 200 = 40.6B tokens = 155,021 steps.
 
-mini (41 runs; README's main job, `--jobs 2 --fit`): the 17 C at the CPU sizes 0.1m and 0.2m,
-both trained on the same D = 215K tokens (105 steps), plus a dense 3 x 3 grid that pins down
-the base law: 0.1m, 0.2m, 0.5m x D = 109K, 215K, 428K tokens (53, 105, 209 steps of 16 x 128 =
-2,048 tokens). At this scale the loss is still mostly data-limited (tokens/param 0.2-4): the
-N term moves the loss by only ~0.03 nats per doubling of N at 215K tokens, so eff(C) is read
-where it is best conditioned, at equal D for both sizes with dense runs at the same points
-(two-stage fit: the base law's residuals there are the dense runs' own). Peak LR 3e-3
-(base.py); sparse masks updated every 10 steps (`-every10`: the default 100 would leave a
-105-step run one update). Mini runs are named by D (`0.2m_D215K_w4a4-gmse`), paper runs by
-tokens per parameter.
+mini (README's main job, `--jobs 2 --fit`; MINI_* below): designed from CPU pilots so that
+the fit identifies the base law and resolves the paper's orderings (scaling/noise.py):
+  - Batch 4 x 128 tokens: at this scale 2,048-token batches are far past the critical batch.
+    Pilot, 0.06m dense at 225K tokens: 2.34 nats with 16 x 128 (110 steps), 2.11 with 4 x 128
+    (440 steps), 2.02 with 2 x 128, at the same tokens/s; the models get past the early
+    plateau, where loss falls with steps faster than any power law in D, in a CPU budget.
+  - C cells: tokens scale with N (D = 2 N) at 0.03m, 0.06m, 0.1m, one width family (2 blocks,
+    head dim 16); the 8 KEY compressions and dense at all three with seeds 0 and 1; the other
+    8 compressions at 0.1m, seed 0.
+  - Seeds are common random numbers: every compression of a cell trains on the same init and
+    data order per seed, so loss differences between compressions are paired. Pilot (0.1m,
+    105 steps of 16 x 128, 4 seeds): dense seeds spread by 0.0095 nats, w4a4 - w4a16 = 0.020
+    by 0.004.
+  - Dense grid for the base law: 0.03m and 0.06m at D = N, 2 N, 4 N, 0.1m at N, 2 N, 0.17m and
+    0.32m at N / 2, N (9.6x in N, 0.5-4 tokens per parameter; the longest budgets, 835-1235
+    steps, were cut to fit the main job in 15 minutes).
+  - Runs evaluate and checkpoint only at the end (they take seconds; a killed sweep reruns the
+    interrupted ones), seeds of one config train in one process (common.replicas), and the
+    runs share JAX's compilation cache (launch/sweep.py).
+The loss is still far above the irreducible loss E, which the fit reports unidentified when
+it cannot pin it. Peak LR 3e-3 (base.py; 1.5e-3 was worse and 6e-3 noisier in the pilot);
+sparse masks updated every 10 steps (`-every10`). Mini runs are named by D and seed
+(`0.1m_D214K_w4a4-gmse_s1`), paper runs by tokens per parameter.
 
-9.1M training tokens in all: the 34 runs at D = 215K 7.3M, the 7 other dense cells 1.8M.
-Measured on the quiet 2-core box: the sweep with `--jobs 2` took 584 s and the fit 28 s (two
-runs at a time each ran at ~20k / 11k / 11k tokens/s for 0.1m / 0.2m / 0.5m, ~27 s a run);
-`--dry_run` estimates ~16 minutes from the conservative busy-box model in common.py. README
-lists which eff orderings this reproduces, as measured. A denser design (all 17 C at three
-sizes x two budgets: 102 runs, ~75 minutes) does not fit the 15-minute budget of the main
-job.
-
-quick (17 runs, ~3 minutes, measured): the mini runs at 0.1m, one per C: a pipeline check that
-trains every compression once (too small to fit: one size). Its runs are mini runs (same names
-and overrides).
+quick (18 runs): seed 0 of the smallest C cell (dense and the 8 KEY compressions at 0.03m)
+and of the 0.1m cell of the others (dense and the other 8): every compression trained once, a
+pipeline check too small to fit. Its runs are mini runs (same names and overrides), so a
+later mini sweep into the same directory skips them.
 """
 
 from __future__ import annotations
@@ -67,13 +73,24 @@ def compressions(sparse_suffix: str = "") -> tuple[str, ...]:
 PAPER_SIZES = ("30m", "50m", "100m", "200m")
 PAPER_TPP = (50, 100, 200)
 PAPER_LR = {"30m": 1.2e-3, "50m": 1.2e-3, "100m": 6e-4, "200m": 3e-4}  # Panferov et al. [V]
-MINI_SIZES = ("0.1m", "0.2m")  # every C, at MINI_C_STEPS
-MINI_DENSE_SIZES = ("0.1m", "0.2m", "0.5m")  # dense, at every MINI_STEPS
-MINI_STEPS = (53, 105, 209)  # x 2,048 tokens: D = 109K, 215K, 428K
-MINI_C_STEPS = 105
+KEY = ("w4a16", "w2a16", "w1a16", "w4a4", "w2a2", "s50", "s75", "2:4")  # at every MINI_SIZES
+MINI_SIZES = ("0.03m", "0.06m", "0.1m")  # every key C and dense, tokens = MINI_TPP x N
+MINI_OTHER_SIZES = ("0.1m",)  # the other compressions
+MINI_TPP = 2
+MINI_SEEDS = (0, 1)  # at the key cells: replicates for the noise model, paired across C
+MINI_DENSE_TPP = {
+  "0.03m": (1, 2, 4),
+  "0.06m": (1, 2, 4),
+  "0.1m": (1, 2),
+  "0.17m": (0.5, 1),
+  "0.32m": (0.5, 1),
+}
+MINI_BATCH = {"batch_size": 4, "seq_len": 128}
 
 
 def shared(variant: str) -> dict:
+  if variant != "paper":
+    return dict(MINI_BATCH)
   return common.shared_fields(variant, batch_size=512, seq_len=512)
 
 
@@ -93,30 +110,37 @@ def _paper_runs(base: dict) -> list[common.Run]:
   return out
 
 
+def is_key(spec: str) -> bool:
+  """Whether a mini compression is one of the KEY ones (modifiers such as -gmse ignored; the
+  combinations w4a16+s50 and w4a16+2:4 are not)."""
+  return "+".join(t.split("-")[0] for t in spec.split("+")) in KEY
+
+
 def _mini_runs(base: dict) -> list[common.Run]:
-  cells = [(size, MINI_C_STEPS, compressions("-every10")) for size in MINI_SIZES]
-  cells += [
-    (size, steps, ("dense",))
-    for size in MINI_DENSE_SIZES
-    for steps in MINI_STEPS
-    if not (size in MINI_SIZES and steps == MINI_C_STEPS)
-  ]
+  comps = compressions("-every10")
+  cells = []  # (size, tokens per param, compressions, seeds)
+  for size in MINI_SIZES:
+    cells.append((size, MINI_TPP, [c for c in comps if c == "dense" or is_key(c)], MINI_SEEDS))
+  for size in MINI_OTHER_SIZES:
+    cells.append((size, MINI_TPP, [c for c in comps if c != "dense" and not is_key(c)], (0,)))
+  for size, tpps in MINI_DENSE_TPP.items():
+    cells += [(size, tpp, ["dense"], (0,)) for tpp in tpps if (size, tpp) != (size, MINI_TPP)]
   out = []
-  for size, steps, comps in cells:
+  for size, tpp, comps_, seeds in cells:
+    steps = common.steps_for_tokens(
+      tpp * common.n_params(size), base["batch_size"], base["seq_len"]
+    )
     tokens = steps * base["batch_size"] * base["seq_len"]
-    for comp in comps:
-      out.append(
-        common.Run(
-          f"{size}_D{tokens / 1e3:.0f}K_{common.spec_slug(comp)}",
-          {
-            **base,
-            "model.size": size,
-            "compression": comp,
-            "total_steps": steps,
-            **common.cadence(steps, 2, steps // 2, 25),
-          },
-        )
-      )
+    for comp in comps_:
+      overrides = {
+        **base,
+        "model.size": size,
+        "compression": comp,
+        "total_steps": steps,
+        **common.cadence(steps, 1, steps, 25),
+      }
+      name = f"{size}_D{tokens / 1e3:.0f}K_{common.spec_slug(comp)}"
+      out += common.replicas(name, overrides, seeds)
   return out
 
 
@@ -125,8 +149,15 @@ def _all_runs(variant: str) -> list[common.Run]:
   return _paper_runs(base) if variant == "paper" else _mini_runs(base)
 
 
-runs = common.make_runs(
-  _all_runs,
-  quick=lambda r: r.name.startswith(f"{MINI_SIZES[0]}_D215K_"),
-)
+def _is_quick(run: common.Run) -> bool:
+  """The C cell of the smallest size, seed 0: every compression once."""
+  o = run.overrides
+  size = o["model.size"]
+  steps = common.steps_for_tokens(MINI_TPP * common.n_params(size), *MINI_BATCH.values())
+  if o["total_steps"] != steps or o.get("seed") != 0:
+    return False
+  return size == MINI_SIZES[0] or (size in MINI_OTHER_SIZES and not is_key(o["compression"]))
+
+
+runs = common.make_runs(_all_runs, quick=_is_quick)
 get_config = common.make_get_config(_all_runs, shared)
