@@ -94,8 +94,8 @@ def reference_dir() -> pathlib.Path:
   return REFERENCE
 
 
-# The tiny real sweep the colab tests read: configs/sweeps/unified.py:mini at 0.1m and 0.2m,
-# D = 215K, these compressions, every run cut to 20 steps of 8 x 64 tokens (~1 minute).
+# The tiny real sweep the colab tests read: configs/sweeps/unified.py:mini's key cells at 0.03m
+# and 0.06m, seed 0, these compressions, every run cut to 20 steps of 8 x 64 tokens (~1 minute).
 MINI_SWEEP_COMPRESSIONS = ("dense", "w4a16-gmse", "w4a4-gmse", "s50-every10")
 
 
@@ -113,7 +113,7 @@ def mini_sweep(tmp_path_factory) -> pathlib.Path:
     "launch.sweep",
     "configs/sweeps/unified.py:mini",
     f"--out={out}",
-    rf"--only=^0\.[12]m_D215K_({names})$",
+    rf"--only=^0\.0[36]m_D(66|111)K_({names})_s0$",
     "--jobs=2",
     "--config.total_steps=20",
     "--config.eval_every=20",

@@ -165,7 +165,7 @@ def test_figures_frantar2025_notebook(tmp_path, run_notebook):
   comp = md_table(out, "eff_product", "ratio")
   assert comp.loc["w4a16-gmse+s50-every10", "ratio"] == pytest.approx(1.0, abs=3e-3)
   figures = tmp_path / "figures/frantar2025"
-  want = {"loss_vs_N", "eff_vs_bits", "eff_vs_sparsity", "composition", "eff_per_bit"}
+  want = {"loss_vs_N", "collapse", "eff_vs_bits", "eff_vs_sparsity", "composition", "eff_per_bit"}
   assert pngs(figures) == want | {"pred_vs_measured"}
   assert {p.stem for p in figures.glob("*.pdf")} == pngs(figures)
 
@@ -234,7 +234,7 @@ ON_MINI_SWEEP = {
   "qat_law": ("skipped: base law (dense) needs at least 3 distinct N; got 2", {}),
   "sparse_law": ("skipped: fit_sparse needs at least 2 distinct D; got 1", {"loss_vs_N"}),
   "figures_frantar2025": (
-    "skipped: fit_eff(two_stage) base law on the dense runs needs at least 3 distinct N",
+    "skipped: fit_eff(paired) base law on the dense runs needs at least 3 distinct N",
     {"loss_vs_N"},
   ),
   "figures_kumar2024": ("needs at least 3 distinct N; got 2", {"loss_vs_N"}),

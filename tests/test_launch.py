@@ -56,8 +56,8 @@ def _write_entry(workdir, status, config=None):
 
 def test_load_select_and_slice():
   sweep = sweep_lib.load_sweep("configs/sweeps/unified.py:mini")
-  assert sweep.base_config == "configs/base.py" and len(sweep.runs) == 41
-  only = sweep_lib.select(sweep.runs, r"^0\.1m_D215K_w\d+a\d+-gmse$", None)
+  assert sweep.base_config == "configs/base.py" and len(sweep.runs) == 71
+  only = sweep_lib.select(sweep.runs, r"^0\.1m_D214K_w\d+a\d+-gmse_s0$", None)
   assert len(only) == 10
   parts = [sweep_lib.select(sweep.runs, None, (i, 4)) for i in range(4)]
   assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in sweep.runs)
@@ -94,47 +94,53 @@ def test_dry_run_quotes_commands_and_skips_finished(tmp_path, capsys):
     common.apply_overrides(c, {**by_name[name].overrides, **extra_dict, **changes})
     return config_lib.to_dict(c)
 
-  for name, status in (("0.1m_D215K_dense", "complete"), ("0.1m_D215K_w8a16-gmse", "diverged")):
+  for name, status in (
+    ("0.03m_D66K_dense_s0", "complete"),
+    ("0.1m_D214K_w8a16-gmse_s0", "diverged"),
+  ):
     expected = sweep_lib.expected_config(sweep, by_name[name], extra_dict)
     assert expected == config_of(name)  # the runner's parse is ml_collections' own
     _write_entry(out / name, status, expected)
-  _write_entry(out / "0.1m_D215K_w4a16-gmse", "stopped")  # interrupted: resumes
-  (out / "0.1m_D215K_w3a16-gmse").mkdir()
-  (out / "0.1m_D215K_w3a16-gmse" / "log_entry.json").write_text("{corrupt")  # main reports it
+  _write_entry(out / "0.03m_D66K_w4a16-gmse_s0", "stopped")  # interrupted: resumes
+  (out / "0.1m_D214K_w3a16-gmse_s0").mkdir()
+  (out / "0.1m_D214K_w3a16-gmse_s0" / "log_entry.json").write_text("{corrupt")  # main reports it
   no_extra = base.get_config()
-  common.apply_overrides(no_extra, by_name["0.1m_D215K_w2a16-gmse"].overrides)
-  _write_entry(out / "0.1m_D215K_w2a16-gmse", "complete", config_lib.to_dict(no_extra))
-  changed = config_of("0.1m_D215K_w1a16-gmse", total_steps=999)
+  common.apply_overrides(no_extra, by_name["0.03m_D66K_w2a16-gmse_s0"].overrides)
+  _write_entry(out / "0.03m_D66K_w2a16-gmse_s0", "complete", config_lib.to_dict(no_extra))
+  changed = config_of("0.03m_D66K_w1a16-gmse_s0", total_steps=999)
   changed["optimizer"]["lr"] = 0.5  # the sweep changed since this run finished
-  _write_entry(out / "0.1m_D215K_w1a16-gmse", "complete", changed)
-  _write_entry(out / "0.1m_D215K_w8a8-gmse", "complete")  # no config recorded
+  _write_entry(out / "0.03m_D66K_w1a16-gmse_s0", "complete", changed)
+  _write_entry(out / "0.1m_D214K_w8a8-gmse_s0", "complete")  # no config recorded
   rc = sweep_lib.main(["configs/sweeps/unified.py:quick", f"--out={out}", "--dry_run", extra])
   assert rc == 0
   printed = capsys.readouterr().out.splitlines()
-  assert "17 runs selected of 17, 2 already finished, 12 to run in 12 processes" in printed[0]
+  assert "18 runs selected of 18, 2 already finished, 13 to run in 13 processes" in printed[0]
   stale = sorted(line for line in printed if line.startswith("# STALE"))
   assert stale == [
-    "# STALE 0.1m_D215K_w1a16-gmse: finished with another config (fields optimizer.lr, "
+    "# STALE 0.03m_D66K_w1a16-gmse_s0: finished with another config (fields optimizer.lr, "
     "total_steps) than the sweep now gives it; move its workdir away to retrain it",
-    "# STALE 0.1m_D215K_w2a16-gmse: finished with another config (fields data.cache_dir) than "
+    "# STALE 0.03m_D66K_w2a16-gmse_s0: finished with another config (fields data.cache_dir) than "
     "the sweep now gives it; move its workdir away to retrain it",
-    "# STALE 0.1m_D215K_w8a8-gmse: finished with another config (fields <no config recorded>) "
+    "# STALE 0.1m_D214K_w8a8-gmse_s0: finished with another config (fields <no config recorded>) "
     "than the sweep now gives it; move its workdir away to retrain it",
   ]
   assert any("on 2 CPU cores" in line for line in printed)
   commands = [shlex.split(line) for line in printed if not line.startswith("#")]
-  finished = ("dense", "w8a16", "w2a16", "w1a16", "w8a8")
-  todo = [r for r in sweep.runs if r.name not in {f"0.1m_D215K_{f}-gmse" for f in finished}]
-  todo = [r for r in todo if r.name != "0.1m_D215K_dense"]
-  assert commands == [sweep_lib.command(sweep, r, str(out), extra_dict) for r in todo]
-  first = commands[0]
+  done = {"0.03m_D66K_dense_s0", "0.1m_D214K_w8a16-gmse_s0", "0.03m_D66K_w2a16-gmse_s0"}
+  done |= {"0.03m_D66K_w1a16-gmse_s0", "0.1m_D214K_w8a8-gmse_s0"}
+  todo = [r for r in sweep.runs if r.name not in done]
+  assert sorted(commands) == sorted(sweep_lib.command(sweep, r, str(out), extra_dict) for r in todo)
+  # Longest first: the 0.1m runs (214K tokens) before the 0.03m ones (66K).
+  sizes = [next(a for a in cmd if a.startswith("--config.model.size=")) for cmd in commands]
+  assert sizes == sorted(sizes, key=lambda a: a != "--config.model.size=0.1m")
+  first = next(c for c in commands if "--config.compression=w3a16-gmse" in c)
   assert first[1:5] == [
     "-m",
     "compress_scaling.main",
     "--config=configs/base.py",
-    f"--workdir={out}/0.1m_D215K_w4a16-gmse",
+    f"--workdir={out}/0.1m_D214K_w3a16-gmse_s0",
   ]
-  assert "--config.compression=w4a16-gmse" in first and first[-1] == extra
+  assert "--config.seed=0" in first and first[-1] == extra
   assert not (out / "failures.json").exists() and not (out / "_logs").exists()
 
 

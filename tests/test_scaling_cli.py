@@ -47,6 +47,8 @@ def test_cli_writes_table_and_figures(run_dir, tmp_path, capsys):
         "--bootstrap",
         "50",
         "--no-gmse",
+        "--min-runs",
+        "2",
       ]
     )
   assert rc == 0
@@ -57,14 +59,21 @@ def test_cli_writes_table_and_figures(run_dir, tmp_path, capsys):
     assert table.eff[c] == pytest.approx(e, rel=0.06), c
   md = (out / "eff_table.md").read_text()
   assert md.startswith("| compression | eff | eff_lo | eff_hi |")
-  assert md.count("\n") == len(table) + 2
+  assert md.split("\n\n")[0].count("\n") == len(table) + 1  # the table, then its footer
+  assert "Intervals: 95%, 50 parametric-bootstrap draws" in md
   for name in ("loss_vs_N", "eff_vs_bits", "eff_vs_sparsity", "pred_vs_measured", "eff_per_bit"):
     for ext in ("png", "pdf"):
       path = out / f"{name}.{ext}"
       assert path.stat().st_size > 1000, path
       assert str(path) in printed
   assert (out / "composition.csv").exists() and (out / "holdout.csv").exists()
-  assert "| w4a16+s50 |" in printed and "base law: A=" in printed
+  assert "| w4a16+s50 |" in printed and "Base law: A=" in printed
+  ords = pd.read_csv(out / "orderings.csv")
+  assert list(ords.columns[:4]) == ["higher", "lower", "p", "resolved"]
+  assert len(ords) == len(table) * (len(table) - 1) // 2
+  assert "w4a16 > w4a4" in printed and "standard orderings" in printed
+  summary = json.loads((out / "fit_summary.json").read_text())
+  assert summary["protocol"] == "paired" and summary["noise"]["source"].startswith("fit resid")
   # nothing dropped silently: the corrupt file and the single-run compression are reported
   assert "broken" in printed and "not valid JSON" in printed
   assert "'w3a16' has 1 run (one-w3a16)" in printed

@@ -20,7 +20,7 @@ SWEEPS = {
   "ptq": ptq,
 }
 COUNTS = {  # (paper, mini, quick); the module docstrings derive each
-  "unified": (204, 41, 17),
+  "unified": (204, 71, 18),
   "qat_law": (416, 104, 26),
   "precision": (340, 102, 17),
   "sparse_law": (48, 36, 4),
@@ -63,11 +63,11 @@ def test_counts_unique_and_deterministic(sweep):
 
 def test_golden_names():
   assert [r.name for r in unified.runs("quick")][:3] == [
-    "0.1m_D215K_dense",
-    "0.1m_D215K_w8a16-gmse",
-    "0.1m_D215K_w4a16-gmse",
+    "0.03m_D66K_dense_s0",
+    "0.03m_D66K_w4a16-gmse_s0",
+    "0.03m_D66K_w2a16-gmse_s0",
   ]
-  assert unified.runs("mini")[-1].name == "0.5m_D428K_dense"
+  assert unified.runs("mini")[-1].name == "0.32m_D316K_dense_s0"
   assert unified.runs("paper")[-1].name == "200m_tpp200_w4a16-gmse+2of4"
   assert qat_law.runs("paper")[-1].name == "595m_D100B_w16a4_fc2a8"
   assert precision.runs("paper")[0].name == "30m_D1.5B_dense"
@@ -83,17 +83,34 @@ def test_unified_design():
   assert {"w1a1-gmse", "w8a8-gmse", "s87.5", "2:4", "w4a16-gmse+s50", "w4a16-gmse+2:4"} <= set(
     comps
   )
-  (run,) = unified.runs("mini/0.2m_D215K_w4a4-gmse")
-  assert run.overrides["total_steps"] == 105  # 105 x 16 x 128 = 215,040 tokens
-  mini = unified.runs("mini")
-  per_c: dict[str, set] = {}
-  for r in mini:
+  (run,) = unified.runs("mini/0.1m_D214K_w4a4-gmse_s1")
+  o = run.overrides  # 418 x 4 x 128 = 214,016 tokens = 2 N; seed 1
+  assert (o["total_steps"], o["batch_size"], o["seed"], run.pack) == (
+    418,
+    4,
+    1,
+    "0.1m_D214K_w4a4-gmse_s{seed}",
+  )
+  cells: dict[str, set] = {}
+  for r in unified.runs("mini"):
     o = r.overrides
-    per_c.setdefault(o["compression"], set()).add((o["model.size"], o["total_steps"]))
-  # every C at both sizes on the same D; dense on the full 3 x 3 grid of sizes x budgets
-  assert len(per_c) == 17
-  assert all(cells == {("0.1m", 105), ("0.2m", 105)} for c, cells in per_c.items() if c != "dense")
-  assert per_c["dense"] == {(s, t) for s in ("0.1m", "0.2m", "0.5m") for t in (53, 105, 209)}
+    n = common.n_params(o["model.size"])
+    cells.setdefault(o["compression"], set()).add(
+      (o["model.size"], round(o["total_steps"] * 512 / n, 1), o["seed"])
+    )
+  assert len(cells) == 17
+  key = {c for c in cells if unified.is_key(c)}
+  assert {c.split("-")[0] for c in key} == set(unified.KEY)
+  for c in key:  # tokens scale with N: D = 2 N at three sizes, seeds 0 and 1 (+ rounding)
+    assert cells[c] == {(s, 2.0, seed) for s in unified.MINI_SIZES for seed in (0, 1)}, c
+  for c in set(cells) - key - {"dense"}:
+    assert cells[c] == {("0.1m", 2.0, 0)}, c
+  sizes = {s for s, _, _ in cells["dense"]}  # >= 4 sizes over >= 8x in N, >= 3 budgets
+  n = sorted(common.n_params(s) for s in sizes)
+  assert len(sizes) == 5 and n[-1] / n[0] > 8
+  assert {r for _, r, _ in cells["dense"]} == {0.5, 1.0, 2.0, 4.0}
+  # Dense partners of every compressed run (same cell, same seed) for the paired protocol.
+  assert all(cell in cells["dense"] for c in set(cells) - {"dense"} for cell in cells[c])
   paper = {r.name: r for r in unified.runs("paper")}
   assert paper["30m_tpp50_dense"].overrides["total_steps"] == 5815
   assert paper["200m_tpp200_dense"].overrides["optimizer.lr"] == 3e-4
@@ -197,7 +214,7 @@ def test_arithmetic_helpers():
     "log_every": 25,
   }
   est = common.estimate_cpu_seconds(unified.runs("mini"))
-  assert 12 * 60 < est < 20 * 60  # the docstring's ~16 minutes (busy-box model)
+  assert 8 * 60 < est < 16 * 60  # README's measured main job
   assert common.estimate_cpu_seconds(unified.runs("paper")) is None  # no CPU model at 30m+
 
 

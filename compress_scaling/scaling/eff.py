@@ -490,11 +490,21 @@ def _unidentified(base_fit, dense, model, who) -> dict[str, str]:
   sigma = model.sigma_total if model is not None and np.isfinite(model.sigma_total) else None
   params = {k: float(base_fit[k]) for k in identify.PARAMS}
   out = identify.unidentified(params, dense.N, dense.D, dense.loss, sigma=sigma)
+  draws = getattr(base_fit, "bootstrap", None)
+  if draws is not None:  # the bootstrap sees past the local (Gauss-Newton) curvature
+    out.update(identify.from_draws(draws, exclude=out))
+    out = {k: out[k] for k in identify.ORDER if k in out}
   if out:
     warnings.warn(
-      f"{who}: the dense runs do not identify {', '.join(out)} of the base law ("
+      f"{who}: the dense runs do not identify {', '.join(out)} ("
       + "; ".join(f"{k}: {why}" for k, why in out.items())
-      + "); eff(C) is a shift along N and is reported with its interval",
+      + ")"
+      + (
+        ""
+        if "eff" in out
+        else "; eff(C) is a shift along N, measured against the partners, and is reported "
+        "with its interval"
+      ),
       stacklevel=3,
     )
   return out
