@@ -131,7 +131,8 @@ def main(argv=None) -> int:
       "\nstandard orderings, P(eff(higher) > eff(lower)) from paired draws (resolved: >= 0.975):"
     )
     for row in rep.standard_orderings.itertuples():
-      print(f"  {row.expected:<32} P = {row.p:.3f}  {row.verdict}")
+      at = "" if row.sizes == "all" else f"  (at the common N = {row.sizes})"
+      print(f"  {row.expected:<32} P = {row.p:.3f}  {row.verdict}{at}")
   if rep.orderings is not None and len(rep.orderings):
     n_res = int(rep.orderings.resolved.sum())
     print(f"  all pairs: {n_res} of {len(rep.orderings)} resolved (orderings.csv)")

@@ -22,7 +22,7 @@ def _config(**overrides):
 @pytest.mark.parametrize(
   "overrides,devices,needle",
   [
-    ({"model.size": "3m"}, 1, "model.size='3m' is unknown; allowed: 0.1m"),
+    ({"model.size": "3m"}, 1, "model.size='3m' is unknown; allowed: 0.03m"),
     ({"model.size": "custom", "model.d_model": 64}, 1, "model.size='custom' needs positive"),
     ({"model.d_model": 66}, 1, "model.n_heads=4 does not divide model.d_model=66"),
     ({"model.d_model": 60}, 1, "model.d_model/n_heads=15: the head dim must be even"),

@@ -38,7 +38,7 @@ def test_too_few_distinct_N_or_D():
   with pytest.raises(
     FitError,
     match=re.escape(
-      "fit_eff(two_stage) base law on the dense runs needs at least 3 distinct N; got 2"
+      "fit_eff(paired) base law on the dense runs needs at least 3 distinct N; got 2"
     ),
   ):
     scaling.fit_eff(two_sizes)
@@ -63,7 +63,7 @@ def test_non_positive_losses_named_by_run():
   with pytest.raises(
     FitError,
     match=re.escape(
-      f"fit_eff(two_stage): 2 bad row(s): loss must be > 0 for the log-space fit; "
+      f"fit_eff(paired): 2 bad row(s): loss must be > 0 for the log-space fit; "
       f"non-positive (-1, 0) in {bad} (fix or drop them, or pass drop_invalid=True)"
     ),
   ):
@@ -97,7 +97,7 @@ def test_missing_columns_and_missing_compression():
   with pytest.raises(
     FitError,
     match=re.escape(
-      "fit_eff(two_stage): the runs table has no column(s) ['D']; it needs "
+      "fit_eff(paired): the runs table has no column(s) ['D']; it needs "
       "['compression', 'N', 'D', 'loss']"
     ),
   ):
@@ -113,7 +113,7 @@ def test_no_dense_runs():
   with pytest.raises(
     FitError,
     match=re.escape(
-      "fit_eff(two_stage) needs dense runs (compression == 'dense', eff = 1) to anchor the "
+      "fit_eff(paired) needs dense runs (compression == 'dense', eff = 1) to anchor the "
       "base law; found none among compressions ['w2a16', 'w4a16']"
     ),
   ):
@@ -127,16 +127,19 @@ def test_compression_with_a_single_run():
   with pytest.raises(
     FitError,
     match=re.escape(
-      "fit_eff(two_stage): compression 'w2a16' has 1 run (lonely-w2a16); each compression "
+      "fit_eff(paired): compression 'w2a16' has 1 run (lonely-w2a16); each compression "
       "needs at least 2 runs (min_runs=2)"
     ),
   ):
-    scaling.fit_eff(runs)
+    scaling.fit_eff(runs, uncertainty="resample")  # resampling needs two runs per C
   with pytest.warns(UserWarning, match="'w2a16' has 1 run"):
-    t = scaling.fit_eff(runs, on_insufficient="skip", bootstrap=0)
+    t = scaling.fit_eff(runs, on_insufficient="skip", bootstrap=0, min_runs=2)
   assert "w2a16" not in t.index and t.attrs["skipped"] == ["w2a16"]
   t1 = scaling.fit_eff(runs, min_runs=1, bootstrap=0)  # asked for: one run, no interval
   assert "w2a16" in t1.index
+  # With the seed-noise bootstrap (the default) one run has an interval: from the noise model.
+  t2 = scaling.fit_eff(runs, bootstrap=50)
+  assert t2.eff_lo["w2a16"] < t2.eff["w2a16"] < t2.eff_hi["w2a16"]
 
 
 def test_optimiser_that_never_converges_is_reported():

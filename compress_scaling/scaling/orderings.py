@@ -6,6 +6,11 @@ in eff(a) / eff(b). So the ordering is read from the *same* draws: draw k refits
 every eff on one simulated data set (scaling/noise.py), and p = the share of draws with
 eff_k(a) > eff_k(b). `resolved` means p >= 0.975, one-sided: the 95% two-sided percentile
 interval of log eff(a) - log eff(b) excludes 0.
+
+Two compressions run at different model sizes are compared at the sizes they share: where eff
+drifts with N (CPU scale does), an eff from 0.1m alone and one averaged over 0.03m-0.1m would
+differ by the drift, not by the compressions. `matched` maps such a pair to a table fitted on
+their common sizes only (report.matched_tables; column `sizes` says which).
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ STANDARD = (
   ("s50", "s75"),
   ("w2a2", "w1a1"),
 )
-COLUMNS = ["higher", "lower", "p", "resolved", "ratio", "ratio_lo", "ratio_hi", "n_draws"]
+COLUMNS = [
+  "higher",
+  "lower",
+  "p",
+  "resolved",
+  "ratio",
+  "ratio_lo",
+  "ratio_hi",
+  "n_draws",
+  "sizes",
+]
 
 
 def base_label(spec: str) -> str:
@@ -59,16 +74,26 @@ def pair(log_draws: pd.DataFrame, a: str, b: str, ci: float = 0.95) -> dict:
   )
 
 
-def orderings(table: pd.DataFrame) -> pd.DataFrame:
+def _source(table, a, b, matched, cache):
+  """(log draws, eff, sizes label) a pair is read from: its matched table, or the table."""
+  t, label = (matched or {}).get(frozenset((a, b)), (table, "all"))
+  key = id(t)
+  if key not in cache:
+    cache[key] = _log_draws(t)
+  return cache[key], t.eff, label
+
+
+def orderings(table: pd.DataFrame, matched: dict | None = None) -> pd.DataFrame:
   """Every pair of the table's compressions (dense included), the one with the larger eff
   first: columns higher, lower, p = P(eff(higher) > eff(lower)), resolved (p >= 0.975),
-  ratio = eff(higher) / eff(lower) and its 95% interval, n_draws. Empty without draws."""
-  log_draws = _log_draws(table)
-  if log_draws is None:
+  ratio = eff(higher) / eff(lower) and its 95% interval, n_draws, sizes (the N compared at:
+  'all', or the common sizes of a matched pair). Empty without draws."""
+  if _log_draws(table) is None:
     return pd.DataFrame(columns=COLUMNS)
-  rows = []
+  rows, cache = [], {}
   for a, b in itertools.combinations(table.index, 2):
-    hi, lo = (a, b) if table.eff[a] >= table.eff[b] else (b, a)
+    log_draws, eff, label = _source(table, a, b, matched, cache)
+    hi, lo = (a, b) if eff[a] >= eff[b] else (b, a)
     r = pair(log_draws, hi, lo)
     rows.append(
       dict(
@@ -76,37 +101,39 @@ def orderings(table: pd.DataFrame) -> pd.DataFrame:
         lower=lo,
         p=r["p"],
         resolved=bool(r["p"] >= LEVEL),
-        ratio=float(table.eff[hi] / table.eff[lo]),
+        ratio=float(eff[hi] / eff[lo]),
         ratio_lo=r["ratio_lo"],
         ratio_hi=r["ratio_hi"],
         n_draws=r["n_draws"],
+        sizes=label,
       )
     )
   return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def standard(table: pd.DataFrame, pairs=STANDARD) -> pd.DataFrame:
+def verdict(p: float) -> str:
+  if not np.isfinite(p):
+    return "no draws"
+  if p >= LEVEL:
+    return "resolved"
+  return "contradicted" if p <= 1 - LEVEL else "not resolved"
+
+
+def standard(table: pd.DataFrame, pairs=STANDARD, matched: dict | None = None) -> pd.DataFrame:
   """The standard orderings (`STANDARD`, written without modifiers) among the table's labels:
   expected (higher, lower), p = P(eff(higher) > eff(lower)) and whether it is resolved (and
-  so measured) or contradicted (p <= 0.025). Pairs whose labels are absent are left out."""
-  log_draws = _log_draws(table)
+  so measured) or contradicted (p <= 0.025), and the sizes compared at. Pairs whose labels
+  are absent are left out."""
   by_base: dict[str, list[str]] = {}
   for c in table.index:
     by_base.setdefault(base_label(c), []).append(c)
-  rows = []
+  rows, cache = [], {}
   for hi_base, lo_base in pairs:
     for hi in by_base.get(hi_base, []):
       for lo in by_base.get(lo_base, []):
-        r = pair(log_draws, hi, lo) if log_draws is not None else dict(p=np.nan)
-        p = r["p"]
-        verdict = (
-          "no draws"
-          if not np.isfinite(p)
-          else "resolved"
-          if p >= LEVEL
-          else "contradicted"
-          if p <= 1 - LEVEL
-          else "not resolved"
+        log_draws, _, label = _source(table, hi, lo, matched, cache)
+        p = pair(log_draws, hi, lo)["p"] if log_draws is not None else np.nan
+        rows.append(
+          dict(expected=f"{hi} > {lo}", higher=hi, lower=lo, p=p, verdict=verdict(p), sizes=label)
         )
-        rows.append(dict(expected=f"{hi} > {lo}", higher=hi, lower=lo, p=p, verdict=verdict))
-  return pd.DataFrame(rows, columns=["expected", "higher", "lower", "p", "verdict"])
+  return pd.DataFrame(rows, columns=["expected", "higher", "lower", "p", "verdict", "sizes"])

@@ -126,6 +126,7 @@ def loss_vs_N(runs: pd.DataFrame, table: pd.DataFrame | None = None) -> Figure:
       ax.plot(n, laws.unified(n, ratio * n, table.eff[c], **p), color=colors[c], lw=1)
       res.scatter(r.N, r.resid, color=colors[c], s=10)
     res.axhline(0, color="k", lw=0.8)
+    res.tick_params(labelsize=7)
     if band is not None:
       res.axhspan(-band, band, color="0.85", zorder=0)
     _log_x(ax)
@@ -182,7 +183,9 @@ def collapse(runs: pd.DataFrame, table: pd.DataFrame, label_worst: int = 4) -> F
     ax.scatter(r.x, r.y, color=color, s=16, label=c, marker="s" if c == "dense" else "o")
   x = np.geomspace(df.x.min() / 1.3, df.x.max() * 1.3, 96)
   ax.plot(x, p["A"] * x ** -p["alpha"] + p["E"], "k-", lw=1.2, label="A x^-α + E (dense)")
-  worst = df.resid.abs().sort_values(ascending=False).index[:label_worst]
+  # The farthest (compression, N, D) cells, each once (replicate seeds sit together).
+  order = df.resid.abs().sort_values(ascending=False).index
+  worst = df.loc[order].drop_duplicates(["compression", "N", "D"]).index[:label_worst]
   for _, r in df.loc[worst].iterrows():
     name = f"{r.compression}, N={r.N:.3g}, D={r.D:.3g}: {r.resid:+.3f}"
     ax.annotate(name, (r.x, r.y), fontsize=6, xytext=(4, -9), textcoords="offset points")
@@ -242,18 +245,22 @@ def eff_errorbar(ax, x, t: pd.DataFrame, top: float, fmt="o", **kw):
   return out
 
 
-def _steps(ax, x, t: pd.DataFrame) -> None:
+def _steps(ax, x, t: pd.DataFrame, matched=None) -> None:
   """Links consecutive points of a panel (by bits) with their paired ordering: solid where
-  P(eff(higher bits) > eff(lower bits)) >= 0.975 (resolved), dotted where not."""
+  P(eff(higher bits) > eff(lower bits)) >= 0.975 (resolved), dotted where not; pairs run at
+  different sizes are read from their matched fit (orderings.py)."""
   from compress_scaling.scaling import orderings  # noqa: PLC0415
 
-  log_draws = orderings._log_draws(t)
-  if log_draws is None:
+  if orderings._log_draws(t) is None:
     return
   order = np.argsort(-np.asarray(x, float), kind="stable")
   names, xs = list(t.index[order]), np.asarray(x, float)[order]
+  cache = {}
   for (a, xa), (b, xb) in zip(zip(names, xs), zip(names[1:], xs[1:])):
-    if a not in log_draws or b not in log_draws or xa == xb:
+    if xa == xb:
+      continue
+    log_draws, _, _ = orderings._source(t, a, b, matched, cache)
+    if log_draws is None or a not in log_draws or b not in log_draws:
       continue
     p = orderings.pair(log_draws, a, b)["p"]
     resolved = p >= orderings.LEVEL
@@ -268,7 +275,7 @@ def _steps(ax, x, t: pd.DataFrame) -> None:
     )
 
 
-def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
+def eff_vs_bits(table: pd.DataFrame, kumar=None, matched=None) -> Figure:
   """eff vs bits, one panel per kind the table has: weight-only (x = weight bits),
   weights+activations (x = W = A bits), activation-only (x = activation bits, Kumar et al.)."""
   st = data_mod.spec_table(table.index)
@@ -287,7 +294,7 @@ def eff_vs_bits(table: pd.DataFrame, kumar=None) -> Figure:
     x = np.where(t.index == "dense", laws.UNQUANTIZED_BITS, st.loc[rows, xcol])
     n_runs += int(t.n_runs[t.index != "dense"].sum())
     eff_errorbar(ax, x, t, eff_axis_top(table.eff))
-    _steps(ax, x, t)
+    _steps(ax, x, t, matched)
     for xi, yi, name in zip(x, t.eff, t.index):
       ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if kumar is not None:

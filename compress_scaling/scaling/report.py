@@ -4,6 +4,7 @@ Used by `python -m compress_scaling.fit` and usable as is from a colab."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -152,8 +153,9 @@ def build_report(
     with open(path, "w") as f:
       f.write(text)
     files.append(path)
-  ords = orderings.orderings(table)
-  std = orderings.standard(table)
+  matched = matched_tables(train, table, bootstrap, seed) if bootstrap else {}
+  ords = orderings.orderings(table, matched)
+  std = orderings.standard(table, matched=matched)
   if len(ords):
     path = os.path.join(out_dir, "orderings.csv")
     ords.to_csv(path, index=False)
@@ -175,7 +177,7 @@ def build_report(
   with open(path, "w") as f:
     json.dump(fit_summary(table, std), f, indent=2, default=_json_default)
   files.append(path)
-  comp = _matched_composition(train, table, bootstrap, seed, notes)
+  comp = _matched_composition(train, table, matched, notes)
   if len(comp):
     for ext, text in (("md", markdown(comp)), ("csv", comp.to_csv())):
       path = os.path.join(out_dir, f"composition.{ext}")
@@ -219,7 +221,7 @@ def build_report(
     except FitError as e:
       notes.append(f"Kumar et al. PTQ law skipped: {e}")
   if figures:
-    files += _figures(out_dir, used, table, held, gm, fits, notes)
+    files += _figures(out_dir, used, table, held, gm, fits, notes, matched)
   return Report(
     table=table,
     files=files,
@@ -287,33 +289,57 @@ def _json_default(x):
   raise TypeError(f"not JSON: {type(x).__name__}")
 
 
-def _matched_composition(train, table, bootstrap, seed, notes) -> pd.DataFrame:
+def _sizes_label(sizes) -> str:
+  return ", ".join(f"{n:.3g}" for n in sorted(sizes))
+
+
+def _fit_at_sizes(train, table, sizes, compressions, bootstrap, seed):
+  """eff of `compressions` from their runs at `sizes` only, the table's base law fixed."""
+  sub = train[train.N.isin(sizes) & train.compression.isin(["dense", *compressions])]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return eff_mod.fit_eff(sub, base=table.attrs["base"], bootstrap=bootstrap, seed=seed)
+
+
+def matched_tables(train, table, bootstrap, seed) -> dict:
+  """For every pair of the table's compressions run at different sets of sizes: a table fitted
+  on their common sizes (one fit per distinct common set), as orderings.orderings(matched=)
+  takes it: {frozenset((a, b)): (table, sizes label)}. Pairs without a common size are left
+  to the full table, and so is every compression against dense (each run is measured against
+  its own dense partner already)."""
+  sizes = {c: frozenset(train.N[train.compression == c]) for c in table.index if c != "dense"}
+  groups: dict[frozenset, set] = {}
+  for a, b in itertools.combinations(sizes, 2):
+    common = sizes[a] & sizes[b]
+    if sizes[a] != sizes[b] and common:
+      groups.setdefault(common, set()).update((a, b))
+  out = {}
+  for common, comps in groups.items():
+    t = _fit_at_sizes(train, table, common, comps, bootstrap, seed)
+    label = _sizes_label(common)
+    for a, b in itertools.combinations(sorted(comps), 2):
+      if sizes[a] != sizes[b] and sizes[a] & sizes[b] == common and {a, b} <= set(t.index):
+        out[frozenset((a, b))] = (t, label)
+  return out
+
+
+def _matched_composition(train, table, matched, notes) -> pd.DataFrame:
   """composition_test, each composite compared at the sizes it was run at: where its parts
-  were also run at other sizes (eff drifts with N at CPU scale), the parts' effs are refitted
-  on the composite's sizes alone, with the table's base law, so the ratio compares like with
-  like (column `sizes`: the N the row compares at)."""
+  were also run at other sizes (eff drifts with N at CPU scale), the parts' effs come from the
+  matched fit at the composite's sizes (column `sizes`: the N the row compares at)."""
   comp = eff_mod.composition_test(table)
   if not len(comp):
     return comp
-  comp["sizes"] = ""
+  comp["sizes"] = "all"
   for c, row in comp.iterrows():
-    n_c = set(train.N[train.compression == c])
-    comp.loc[c, "sizes"] = ", ".join(f"{n:.3g}" for n in sorted(n_c))
-    q, sp = row["quant"], row["sparse"]
-    parts = train[train.compression.isin([q, sp])]
-    if set(parts.N) <= n_c:
-      continue
-    sub = train[train.N.isin(n_c) & train.compression.isin(["dense", c, q, sp])]
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      t = eff_mod.fit_eff(sub, base=table.attrs["base"], bootstrap=bootstrap, seed=seed)
-    matched = eff_mod.composition_test(t)
-    if c in matched.index:
-      comp.loc[c, matched.columns] = matched.loc[c]
-      notes.append(
-        f"composition of {c}: compared at its own sizes (N = {comp.loc[c, 'sizes']}), its parts "
-        "refitted there with the base law fixed"
-      )
+    key = frozenset((c, row["quant"]))
+    if key in matched and frozenset((c, row["sparse"])) in matched:
+      t, label = matched[key]
+      m = eff_mod.composition_test(t)
+      if c in m.index:
+        comp.loc[c, m.columns] = m.loc[c]
+        comp.loc[c, "sizes"] = label
+        notes.append(f"composition of {c}: compared at its own sizes (N = {label})")
   return comp
 
 
@@ -353,7 +379,7 @@ def _qat_fits(runs, table, notes) -> dict:
   return out
 
 
-def _figures(out_dir, runs, table, held, gm, fits, notes) -> list[str]:
+def _figures(out_dir, runs, table, held, gm, fits, notes, matched=None) -> list[str]:
   files = []
 
   def emit(name, make):
@@ -366,7 +392,7 @@ def _figures(out_dir, runs, table, held, gm, fits, notes) -> list[str]:
   emit("collapse", lambda: plots.collapse(runs, table))
   kinds = set(table.kind)
   if kinds & {"weight", "weight+act"}:
-    emit("eff_vs_bits", lambda: plots.eff_vs_bits(table, fits.get("kumar")))
+    emit("eff_vs_bits", lambda: plots.eff_vs_bits(table, fits.get("kumar"), matched))
   if "sparse" in kinds:
     emit("eff_vs_sparsity", lambda: plots.eff_vs_sparsity(table, fits.get("sparse")))
   if gm is not None:
