@@ -217,6 +217,7 @@ def test_figures_panferov2025_notebook_recovers_capacity_law(tmp_path, run_noteb
 # ------------------------------------------------------------------ a real mini sweep
 
 
+@pytest.mark.slow  # the mini_sweep fixture trains real runs (~1.5 minutes)
 def test_unified_law_notebook_on_a_real_mini_sweep(mini_sweep, tmp_path, run_notebook):
   out = run_notebook("unified_law", mini_sweep)
   n = len(MINI_SWEEP_COMPRESSIONS)
@@ -242,6 +243,7 @@ ON_MINI_SWEEP = {
 }
 
 
+@pytest.mark.slow  # shares the mini_sweep fixture
 @pytest.mark.parametrize("name", sorted(ON_MINI_SWEEP))
 def test_notebook_on_a_real_mini_sweep(name, mini_sweep, tmp_path, run_notebook):
   out = run_notebook(name, mini_sweep)

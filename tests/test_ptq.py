@@ -261,6 +261,7 @@ def test_workdirs_without_a_finished_checkpoint(base, tmp_path):
   assert jax.device_count() >= 1
 
 
+@pytest.mark.slow  # ~3 minutes: trains a ladder of base runs
 def test_ptq_colab_on_a_trained_ladder(ptq_entries, tmp_path, monkeypatch):
   """colabs/ptq.ipynb top to bottom on real entries: 4 models (3 sizes, 2 budgets at 0.1m)."""
   nbclient = pytest.importorskip("nbclient")

@@ -33,13 +33,13 @@ def test_w8a8_within_2_percent_of_dense(tmp_path, dense_loss):
 @pytest.mark.parametrize(
   "spec,bits",
   [
-    ("w4a16", 4.0),
+    pytest.param("w4a16", 4.0, marks=pytest.mark.slow),
     ("w4a4", 4.0),
-    ("w4a4-g32", 4.5),
-    ("w2a16", 2.0),
+    pytest.param("w4a4-g32", 4.5, marks=pytest.mark.slow),
+    pytest.param("w2a16", 2.0, marks=pytest.mark.slow),
     ("w1a16", 1.0),
-    ("wfp4a16", 4.0),
-    ("wmxfp4amxfp4", 4.25),
+    pytest.param("wfp4a16", 4.0, marks=pytest.mark.slow),
+    pytest.param("wmxfp4amxfp4", 4.25, marks=pytest.mark.slow),
   ],
 )
 def test_low_bit_specs_train_and_are_logged(tmp_path, dense_loss, spec, bits):

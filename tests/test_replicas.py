@@ -24,7 +24,9 @@ def _config(compression: str, steps_: int = 24):
   return c
 
 
-@pytest.mark.parametrize("compression", ["dense", "s50-every10"])
+@pytest.mark.parametrize(
+  "compression", ["dense", pytest.param("s50-every10", marks=pytest.mark.slow)]
+)
 def test_replicas_equal_single_runs(tmp_path, compression):
   c = _config(compression)
   singles = [
@@ -100,6 +102,7 @@ def test_member_state_is_a_single_runs_state():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # ~45 s
 def test_diverged_member_stops_alone(tmp_path, monkeypatch):
   """Member 1's loss turns NaN at step 10: it is recorded diverged with its last good
   checkpoint (step 6) kept; member 0 trains to the end as its single run does."""

@@ -86,6 +86,7 @@ def test_hand_written_gradient_matches_autodiff():
   np.testing.assert_allclose(g1, g2, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # ~35 s of compilation at many padded shapes
 def test_padding_and_halving_do_not_change_the_optimum():
   data = _epoch_like(2, 50)  # n = 50 is padded to 64
   starts = fit_mod.EPOCH_GRID[::9]  # 500 starts

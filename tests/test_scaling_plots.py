@@ -22,18 +22,29 @@ def _fit(runs, **kw):
 
 def test_loss_vs_N_curves_pass_among_their_own_points():
   """Synthetic runs from a known law at three budgets: each point's curve (the law at its
-  panel's D/N) lies within 3 residual RMS of the point; one panel per budget."""
+  panel's D/N) lies within 3 residual RMS of the point (and on it without noise); one panel
+  per budget."""
   runs = synthetic.unified_runs(EFFS, noise=0.003, seed=3)
   table = _fit(runs, bootstrap=0)
   df = plots.loss_vs_N_data(runs, table)
   assert sorted(df.ratio.unique()) == [10, 20, 40] and df.panel.nunique() == 3
-  rms = float(np.sqrt(np.mean(df.resid**2)))
-  assert 0.5 * 0.003 * df.loss.mean() < rms < 2 * 0.003 * df.loss.mean()
-  assert np.all(np.abs(df.loss - df.curve) <= 3 * rms)
+  # The noise is multiplicative (log-normal, as the fit's log-loss objective assumes), so the
+  # residual RMS is taken on log loss: in nats the largest losses carry the largest residuals.
+  log_resid = np.log(df.loss / df.curve)
+  rms = float(np.sqrt(np.mean(log_resid**2)))
+  assert 0.5 * 0.003 < rms < 2 * 0.003
+  # 3 RMS holds for each point but not for the maximum of 60 Gaussian draws (P(some |z| > 3) is
+  # 15%; this seed has one at 3.2): all within 4 RMS (P(some |z| > 4) = 0.4%), 95% within 3.
+  assert np.all(np.abs(log_resid) <= 4 * rms)
+  assert np.mean(np.abs(log_resid) <= 3 * rms) >= 0.95
+  # Without noise each curve runs through its points exactly.
+  exact = synthetic.unified_runs(EFFS, noise=0.0, seed=3)
+  df0 = plots.loss_vs_N_data(exact, _fit(exact, bootstrap=0))
+  np.testing.assert_allclose(df0.curve, df0.loss, rtol=1e-6)
   # Drawn at one ratio for all points (the old figure), the curves miss their points.
   median = float(np.median(runs.D / runs.N))
   old = scaling.predict_loss(table, runs.N, median * runs.N, runs.compression.to_numpy())
-  assert np.mean(np.abs(runs.loss - old) > 3 * rms) > 0.3
+  assert np.mean(np.abs(np.log(runs.loss / old)) > 3 * rms) > 0.3
   fig = plots.loss_vs_N(runs, table)
   assert len(fig.axes) == 6  # 3 panels + 3 residual strips
 

@@ -52,6 +52,7 @@ def test_sparse_smoke_run(tmp_path, spec, check_group):
       assert np.all(groups == 2), path
 
 
+@pytest.mark.slow  # two training processes, one killed (~75 s)
 def test_masks_identical_after_kill_and_resume(tmp_path):
   args = (
     "--config.compression=s75-every10",
