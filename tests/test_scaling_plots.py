@@ -96,3 +96,14 @@ def test_report_writes_the_collapse_and_per_budget_figures(tmp_path):
   rep = report.build_report(runs, str(tmp_path), bootstrap=50, gmse=False)
   names = {p.rsplit("/", 1)[1] for p in rep.files}
   assert {"loss_vs_N.png", "collapse.png", "eff_vs_bits.png", "orderings.csv"} <= names
+  # The residual strips' grey band is the replicate seeds' spread the fit measured.
+  summary = rep.table.attrs["noise"].summary()
+  assert plots.seed_band(rep.table) == pytest.approx(summary["seed_spread_nats"], rel=1e-6)
+  # eff vs bits links consecutive bit widths with the same paired P as orderings.csv.
+  ords = pd.read_csv(tmp_path / "orderings.csv").set_index(["higher", "lower"])
+  t = rep.table.loc[["dense", "w4a4", "w2a2"]]
+  links = plots.step_links([16, 4, 2], t)
+  assert list(zip(links.higher, links.lower)) == [("dense", "w4a4"), ("w4a4", "w2a2")]
+  for link in links.itertuples():
+    row = ords.loc[(link.higher, link.lower)]
+    assert link.p == pytest.approx(row.p) and link.resolved == row.resolved

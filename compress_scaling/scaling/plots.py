@@ -245,17 +245,19 @@ def eff_errorbar(ax, x, t: pd.DataFrame, top: float, fmt="o", **kw):
   return out
 
 
-def _steps(ax, x, t: pd.DataFrame, matched=None) -> None:
-  """Links consecutive points of a panel (by bits) with their paired ordering: solid where
-  P(eff(higher bits) > eff(lower bits)) >= 0.975 (resolved), dotted where not; pairs run at
-  different sizes are read from their matched fit (orderings.py)."""
+def step_links(x, t: pd.DataFrame, matched=None) -> pd.DataFrame:
+  """The links eff_vs_bits draws between consecutive points of a panel (by bits, highest
+  first), each with its paired ordering P(eff(higher bits) > eff(lower bits)) and whether it
+  is resolved (>= 0.975); pairs run at different sizes are read from their matched fit
+  (orderings.py). Empty without bootstrap draws."""
   from compress_scaling.scaling import orderings  # noqa: PLC0415
 
+  cols = ["higher", "lower", "x_higher", "x_lower", "p", "resolved"]
   if orderings._log_draws(t) is None:
-    return
+    return pd.DataFrame(columns=cols)
   order = np.argsort(-np.asarray(x, float), kind="stable")
   names, xs = list(t.index[order]), np.asarray(x, float)[order]
-  cache = {}
+  cache, rows = {}, []
   for (a, xa), (b, xb) in zip(zip(names, xs), zip(names[1:], xs[1:])):
     if xa == xb:
       continue
@@ -263,11 +265,24 @@ def _steps(ax, x, t: pd.DataFrame, matched=None) -> None:
     if log_draws is None or a not in log_draws or b not in log_draws:
       continue
     p = orderings.pair(log_draws, a, b)["p"]
-    resolved = p >= orderings.LEVEL
-    ax.plot([xa, xb], [t.eff[a], t.eff[b]], "-" if resolved else ":", color="0.4", lw=0.9)
+    rows.append((a, b, xa, xb, p, p >= orderings.LEVEL))
+  return pd.DataFrame(rows, columns=cols)
+
+
+def _steps(ax, x, t: pd.DataFrame, matched=None) -> None:
+  """Draws step_links: solid where the ordering is resolved, dotted where not."""
+  for link in step_links(x, t, matched).itertuples():
+    a, b = link.higher, link.lower
+    ax.plot(
+      [link.x_higher, link.x_lower],
+      [t.eff[a], t.eff[b]],
+      "-" if link.resolved else ":",
+      color="0.4",
+      lw=0.9,
+    )
     ax.annotate(
-      f"P={p:.3f}",
-      ((xa + xb) / 2, (t.eff[a] + t.eff[b]) / 2),
+      f"P={link.p:.3f}",
+      ((link.x_higher + link.x_lower) / 2, (t.eff[a] + t.eff[b]) / 2),
       fontsize=6,
       color="0.3",
       xytext=(2, 2),

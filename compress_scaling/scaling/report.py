@@ -249,7 +249,7 @@ def table_footer(table: pd.DataFrame) -> list[str]:
   elif n_draws:
     out.append(f"Intervals: {level:.0%}, {n_draws} resamples of the runs within each compression.")
   if model is not None:
-    out.append(model.describe() + ".")
+    out.append(model.describe())
   base = table.attrs.get("base")
   if base is not None:
     out.append(
