@@ -63,6 +63,11 @@ class Projection(nn.Module):
     # bottleneck); computed only when `diagnostics` is mutable (eval with diagnostics on).
     if self.is_mutable_collection("diagnostics"):
       self.sow("diagnostics", "input_kurtosis", quant.kurtosis(x.astype(jnp.float32)))
+    # Mixed precision: the kernel is a float32 param (param_dtype), cast to `dtype` by Dense's
+    # promote_dtype before the injected dot_general sees it, so under bf16 the weight quantizer
+    # scales the bf16 kernel, as AQT's flax dot_general_cls does inside flax / MaxText Dense.
+    # quant.quantize computes scales and rounding in float32 and rounds the result once to bf16
+    # (tests/test_precision.py); gradients reach the float32 master weights through the cast.
     return nn.Dense(
       self.features,
       use_bias=False,
