@@ -2,6 +2,7 @@
 the math: the same loss and gradients as the plain step, dense and compressed, single runs and
 vmapped replicas; the log entry counts the whole global batch."""
 
+import functools
 import re
 
 import jax
@@ -38,6 +39,16 @@ def _inputs(setup, seed=0):
   return params, masks, setup.global_batch(batch), jax.random.key(seed + 1)
 
 
+@functools.cache
+def _reference(spec: str):
+  """(inputs, loss, grads) of the plain step (no remat, one microbatch), shared by the remat
+  and microbatch tests of a spec: one compilation fewer per spec."""
+  base = steps.Setup.create(_config(spec))
+  inputs = _inputs(base)
+  assert not REMAT_PRIMITIVE.search(str(jax.make_jaxpr(base.loss_and_grads)(*inputs)))
+  return (inputs, *jax.jit(base.loss_and_grads)(*inputs))
+
+
 def _assert_trees_close(a, b, rtol, atol):
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(
@@ -57,10 +68,7 @@ REMAT_CASES = [("w4a4+2:4", "save_dots")] + [
 
 @pytest.mark.parametrize("spec,remat", REMAT_CASES)
 def test_remat_same_loss_and_gradients(spec, remat):
-  base = steps.Setup.create(_config(spec))
-  inputs = _inputs(base)
-  assert not REMAT_PRIMITIVE.search(str(jax.make_jaxpr(base.loss_and_grads)(*inputs)))
-  ref_loss, ref_grads = jax.jit(base.loss_and_grads)(*inputs)
+  inputs, ref_loss, ref_grads = _reference(spec)
   setup = steps.Setup.create(_config(spec, remat=remat))
   # Really rematerialised: the backward pass holds a checkpoint (remat) primitive.
   assert REMAT_PRIMITIVE.search(str(jax.make_jaxpr(setup.loss_and_grads)(*inputs)))
@@ -73,9 +81,7 @@ def test_remat_same_loss_and_gradients(spec, remat):
   "spec,ks", [("w4a4+2:4", (4,)), pytest.param("dense", (2, 4), marks=pytest.mark.slow)]
 )
 def test_microbatch_gradients_equal_full_batch(spec, ks):
-  full = steps.Setup.create(_config(spec))
-  inputs = _inputs(full)
-  ref_loss, ref_grads = jax.jit(full.loss_and_grads)(*inputs)
+  inputs, ref_loss, ref_grads = _reference(spec)
   for k in ks:
     setup = steps.Setup.create(_config(spec, microbatches=k))
     loss, grads = jax.jit(setup.loss_and_grads)(*inputs)
