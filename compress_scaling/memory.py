@@ -13,17 +13,18 @@ Two sources, each result says which it is:
              moments, bool masks) is counted exactly up to rounding of shard sizes; the
              activations are the residuals the backward pass keeps per block under the remat
              policy (model.REMAT_POLICIES), one block's recomputed residuals and backward
-             workspace, the head's logits, and the float32 gradients (plus the accumulator
-             under microbatching). Its per-tensor counts were fitted to XLA:CPU's buffer
-             assignment (with cpu_flags) at float32, remat none: 0.97-1.01 of `compiled`
-             there, 0.97 on a held-out config (tests/test_memory.py).
+             workspace, the head's logits, the float32 gradient accumulator under
+             microbatching and the masked / fake-quantized kernels. Its per-tensor counts
+             were fitted to XLA:CPU's buffer assignment (with cpu_flags) at float32, remat
+             none: 0.97-1.01 of `compiled` there, 0.97 on a held-out config
+             (tests/test_memory.py).
 
 Two places where XLA:CPU's compiled numbers are not what an accelerator does, so `analytic`
 deliberately differs there: bfloat16 (XLA:CPU upcasts bf16 matmuls to float32 and keeps the f32
 copies: a bf16 step compiles to about the f32 step's memory on CPU, analytic ~0.72 of it) and
 remat (XLA:CPU schedules the recomputation early and keeps most residuals: 1m full / save_dots
-compile to 0.92 / 0.94 of remat none on CPU; analytic 0.52 / 0.73, the savings that
-TPU/GPU's memory-aware scheduling realises). On an accelerator, `compiled` is the one to trust.
+compile to 0.92 / 0.94 of remat none on CPU; analytic 0.52 / 0.73, the savings remat is
+meant to give, not measured on an accelerator here). On an accelerator, trust `compiled`.
 
 "Activations" is everything the step allocates beyond the state it is given: activations,
 gradients, optimizer temporaries and the batch; total = params + opt_state + masks +
