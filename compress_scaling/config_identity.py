@@ -17,8 +17,27 @@ def to_dict(c) -> dict:
   return json.loads(c.to_json_best_effort())
 
 
+# Fields added after runs were recorded, at the value that reproduces the behaviour before
+# they existed. At that value a field is left out of the identity (hash and comparison), so a
+# workdir written before the field existed, whose config block lacks it, keeps its hash.
+NEUTRAL_DEFAULTS = {"microbatches": 1, "model.remat": "none"}
+
+
+def identity(config: dict) -> dict:
+  """The part of a config dict that names the run: `config` without neutral-default fields."""
+  out = json.loads(json.dumps(config))
+  for dotted, neutral in NEUTRAL_DEFAULTS.items():
+    *parents, leaf = dotted.split(".")
+    node = out
+    for p in parents:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+      del node[leaf]
+  return out
+
+
 def dict_hash(config: dict) -> str:
-  return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+  return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_hash(c) -> str:
@@ -56,4 +75,6 @@ def mismatch(record: dict, config: dict) -> list[str] | None:
     return None
   if recorded is None:
     return ["<no config recorded>"]
-  return changed_fields(record.get("config"), config) or ["<config hash only>"]
+  old = record.get("config")
+  old = identity(old) if isinstance(old, dict) else old
+  return changed_fields(old, identity(config)) or ["<config hash only>"]

@@ -16,6 +16,7 @@ from compress_scaling.config_identity import config_hash, to_dict  # noqa: F401 
 from compress_scaling.model import ModelConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT = ("none", "full", "save_dots")  # model.REMAT_POLICIES
 DIM_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
 
 
@@ -28,6 +29,17 @@ class Resolved:
   model: ModelConfig
   plan: compression.Plan
   mesh_shape: tuple[int, int, int]
+  microbatches: int = 1
+
+
+def microbatches(c) -> int:
+  """config.microbatches; 1 for a config recorded before the field existed (a log entry)."""
+  return c.get("microbatches", 1)
+
+
+def remat(c) -> str:
+  """config.model.remat; 'none' for a config recorded before the field existed."""
+  return c.model.get("remat", "none")
 
 
 def resolve_dims(m) -> sizes.Dims:
@@ -146,6 +158,18 @@ def validate(c, n_devices: int) -> Resolved:
   _check(
     errors, c.model.dtype in DTYPES, f"model.dtype={c.model.dtype!r}: allowed {', '.join(DTYPES)}"
   )
+  _check(
+    errors,
+    remat(c) in REMAT,
+    f"model.remat={remat(c)!r}: allowed {', '.join(REMAT)}",
+  )
+  n_micro = microbatches(c)
+  n_micro_ok = isinstance(n_micro, int) and not isinstance(n_micro, bool) and n_micro >= 1
+  _check(
+    errors,
+    n_micro_ok,
+    f"microbatches={n_micro!r}: must be a positive integer (1 = no gradient accumulation)",
+  )
   tokenizer = _check_data(errors, c.data)
 
   dims = plan = mesh_shape = None
@@ -196,6 +220,15 @@ def validate(c, n_devices: int) -> Resolved:
         f"batch_size={c.batch_size} is not divisible by the data-parallel size "
         f"mesh.data x mesh.fsdp = {data_par}",
       )
+    if c.batch_size > 0 and c.batch_size % data_par == 0 and n_micro_ok:
+      per_shard = c.batch_size // data_par
+      _check(
+        errors,
+        per_shard % n_micro == 0,
+        f"microbatches={n_micro} does not divide the batch per data-parallel shard, batch_size / "
+        f"(mesh.data x mesh.fsdp) = {c.batch_size} / {data_par} = {per_shard}; allowed: "
+        f"divisors of {per_shard}",
+      )
     t = mesh_shape[2]
     if dims is not None and t > 1:
       for name, size in (
@@ -242,8 +275,9 @@ def validate(c, n_devices: int) -> Resolved:
     rope_theta=c.model.rope_theta,
     norm_eps=c.model.norm_eps,
     dtype=DTYPES[c.model.dtype],
+    remat=remat(c),
   )
-  return Resolved(model, plan, mesh_shape)
+  return Resolved(model, plan, mesh_shape, microbatches(c))
 
 
 def layer_contractions(dims: sizes.Dims, seq_len: int) -> dict[str, int]:

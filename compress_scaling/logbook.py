@@ -106,37 +106,42 @@ def flatten(entry: dict, prefix: str = "") -> dict:
 
 def _expand(pattern: str) -> list[str]:
   """Files matching one pattern: a file, a directory (all log_entry.json below it), or a glob;
-  local globs support `**` (recursive); gs:// globs go through etils.epath, where `**` is
-  expanded here by walking the directories below the fixed prefix."""
+  local globs support `**` (recursive); gs:// globs go through paths (etils.epath), where `**`
+  is expanded here by walking the directories below the fixed prefix. Remote matches are
+  returned as URLs built from the pattern's own prefix."""
   if not any(c in pattern for c in "*?["):
     if paths.is_remote(pattern):
-      from etils import epath
-
-      p = epath.Path(pattern)
-      if p.is_dir():
+      if paths.is_dir(pattern):
         return _expand(pattern.rstrip("/") + "/**/log_entry.json")
-      return [pattern] if p.exists() else []
+      return [pattern] if paths.exists(pattern) else []
     if os.path.isdir(pattern):
       return _expand(os.path.join(pattern, "**", "log_entry.json"))
     return [pattern] if os.path.exists(pattern) else []
   if not paths.is_remote(pattern):
     return sorted(glob_lib.glob(pattern, recursive=True))
-  from etils import epath
-
   parts = pattern.split("/")
   first = next(i for i, s in enumerate(parts) if any(c in s for c in "*?["))
   root, rest = "/".join(parts[:first]), parts[first:]
+  base = paths._epath(root)
+
+  def url(p) -> str:
+    return f"{root}/{p.relative_to(base).as_posix()}"
+
   if "**" not in rest:
-    return sorted(str(p) for p in epath.Path(root).glob("/".join(rest)))
+    return sorted(url(p) for p in base.glob("/".join(rest)))
   # `**`: walk every directory below root and match the rest of the pattern.
   rx = _glob_regex("/".join(rest))
-  out = []
-  for dirpath, _, files in epath.Path(root).walk():
-    for name in files:
-      full = str(epath.Path(dirpath) / name)
-      if rx.fullmatch(full[len(root) :].lstrip("/")):
-        out.append(full)
-  return sorted(out)
+  return sorted(f for f in map(url, _walk_files(base)) if rx.fullmatch(f[len(root) :].lstrip("/")))
+
+
+def _walk_files(directory):
+  """Every file below `directory` (an epath or pathlib path), by iterdir: epath.Path.walk
+  exists, pathlib's only from Python 3.12."""
+  for child in directory.iterdir():
+    if child.is_dir():
+      yield from _walk_files(child)
+    else:
+      yield child
 
 
 def _glob_regex(pattern: str):

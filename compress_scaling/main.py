@@ -10,6 +10,14 @@ or several seeds of it in one compiled program, one workdir each ({seed} in --wo
 
 Re-running on the same workdir resumes; a finished workdir of the same config is reported and
 left untouched, one of another config is refused (exit 2) naming the differing fields.
+
+  python -m compress_scaling.main --config=configs/sizes.py:100m --dry_run \
+      [--device_memory_gib=16] [--memory_source=auto|compiled|analytic]
+
+validates the config and prints the per-device memory of its train step (params, optimizer
+state, masks, activations; compress_scaling/memory.py) for its mesh, dtype, remat and
+microbatches, with a WARNING when it exceeds --device_memory_gib; it trains nothing, needs no
+--workdir and writes nothing (exit 1 when it will not fit, 2 on an invalid config).
 """
 
 import os
@@ -26,9 +34,29 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir",
   None,
-  "Run directory (checkpoints, log entry); with --seeds a template holding {seed}.",
-  required=True,
+  "Run directory (checkpoints, log entry); with --seeds a template holding {seed}. Required "
+  "unless --dry_run.",
 )
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run",
+  False,
+  "Validate the config and print the train step's per-device memory; train nothing.",
+)
+_DEVICE_MEMORY_GIB = flags.DEFINE_float(
+  "device_memory_gib",
+  None,
+  "With --dry_run: warn when the step needs more than this per device (e.g. 16 for TPU v5e, "
+  "80 for A100/H100 80GB).",
+)
+_MEMORY_SOURCE = flags.DEFINE_enum(
+  "memory_source",
+  "auto",
+  ["auto", "compiled", "analytic"],
+  "With --dry_run: 'compiled' = XLA's memory analysis of the compiled step on this backend; "
+  "'analytic' = the arithmetic estimate (no compilation); 'auto' = compiled up to "
+  "200M non-embedding params, analytic above (compiling a big model on CPU takes minutes).",
+)
+AUTO_COMPILE_MAX_PARAMS = 200e6
 _SEEDS = flags.DEFINE_list(
   "seeds",
   None,
@@ -82,6 +110,15 @@ def main(argv):
   maybe_initialize_distributed()
   from compress_scaling import checkpoint, config_lib, train  # noqa: PLC0415
 
+  if _DRY_RUN.value:
+    try:
+      sys.exit(dry_run(_CONFIG.value, _DEVICE_MEMORY_GIB.value, _MEMORY_SOURCE.value))
+    except config_lib.ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  if not _WORKDIR.value:
+    print("error: --workdir is required (unless --dry_run)", file=sys.stderr)
+    sys.exit(2)
   try:
     workdirs, seeds = member_workdirs(_WORKDIR.value, _SEEDS.value, _CONFIG.value.seed)
   except ValueError as e:
@@ -96,6 +133,35 @@ def main(argv):
   for workdir, entry in zip(workdirs, entries):
     path = os.path.join(paths.absolute(workdir), train.LOG_ENTRY)
     print(f"{entry['status']}: eval loss {entry['eval']['loss']}  log entry: {path}")
+
+
+def dry_run(config, device_memory_gib: float | None, source: str = "auto") -> int:
+  """Prints the config's per-device train-step memory; 0, or 1 when it will not fit."""
+  import jax  # noqa: PLC0415
+
+  from compress_scaling import memory, sizes, steps  # noqa: PLC0415
+
+  setup = steps.Setup.create(config)  # validates (ConfigError) and eval_shapes the state
+  r = setup.resolved
+  n_params = sizes.non_embedding_params(r.model.dims)
+  if source == "auto":
+    source = "compiled" if n_params <= AUTO_COMPILE_MAX_PARAMS else "analytic"
+  mesh = dict(zip(setup.mesh.axis_names, map(int, setup.mesh.devices.shape)))
+  print(
+    f"# {config.model.size} ({n_params / 1e6:.1f}M non-embedding params), compression "
+    f"{config.compression}, dtype {config.model.dtype}, remat {r.model.remat}, microbatches "
+    f"{r.microbatches}, batch {config.batch_size} x {config.seq_len}, mesh {mesh} on "
+    f"{jax.device_count()} {jax.devices()[0].device_kind} device(s)"
+  )
+  footprints = [memory.analytic_for_setup(setup)]
+  if source == "compiled":
+    footprints.insert(0, memory.compiled(setup))
+  for f in footprints:
+    print(f.line())
+  warning = footprints[0].warning(device_memory_gib)
+  if warning:
+    print(warning)
+  return 1 if warning else 0
 
 
 if __name__ == "__main__":

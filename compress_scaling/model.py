@@ -27,6 +27,7 @@ class ModelConfig:
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-5
   dtype: Any = jnp.float32
+  remat: str = "none"  # a key of REMAT_POLICIES
 
   @property
   def d_head(self) -> int:
@@ -63,6 +64,11 @@ class Projection(nn.Module):
     # bottleneck); computed only when `diagnostics` is mutable (eval with diagnostics on).
     if self.is_mutable_collection("diagnostics"):
       self.sow("diagnostics", "input_kurtosis", quant.kurtosis(x.astype(jnp.float32)))
+    # Mixed precision: the kernel is a float32 param (param_dtype), cast to `dtype` by Dense's
+    # promote_dtype before the injected dot_general sees it, so under bf16 the weight quantizer
+    # scales the bf16 kernel, as AQT's flax dot_general_cls does inside flax / MaxText Dense.
+    # quant.quantize computes scales and rounding in float32 and rounds the result once to bf16
+    # (tests/test_precision.py); gradients reach the float32 master weights through the cast.
     return nn.Dense(
       self.features,
       use_bias=False,
@@ -159,6 +165,32 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x_BxLxD + h_BxLxD, ("batch", "length", "embed"))
 
 
+# Rematerialisation of a Block in the backward pass: None = no remat; otherwise the
+# jax.checkpoint policy of nn.remat, i.e. which residuals of the block's forward pass are kept
+# (all others are recomputed). "full" keeps nothing but the block's input (policy None of
+# jax.checkpoint); "save_dots" keeps the outputs of the matmuls without batch dimensions (the
+# projections) and recomputes norms, rotary, softmax and the two attention matmuls, whose
+# [B, H, L, L] outputs are the largest activations and cheap to recompute: MaxText's
+# remat_policy "minimal" (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims).
+REMAT_POLICIES = {
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def block_class(remat: str):
+  """Block, or Block under nn.remat with the policy named by `remat` (REMAT_POLICIES). Param
+  and mask paths are the same either way (block_<i>/...), so checkpoints are interchangeable."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat={remat!r}: allowed {', '.join(REMAT_POLICIES)}")
+  if remat == "none":
+    return Block
+  # prevent_cse keeps XLA from merging the recomputation with the forward pass (the jax
+  # default; needed outside scan).
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=True)
+
+
 class Embedding(nn.Module):
   """Token embedding [V, D]; its table passes through the plan (path `embed`, uncompressed by
   default) for lookups and, when tied, for the output projection."""
@@ -195,8 +227,9 @@ class Transformer(nn.Module):
     cfg = self.cfg
     embed = Embedding(cfg.vocab_size, cfg.dims.d_model, self.plan, cfg.dtype, name="embed")
     x_BxLxD = nn.with_logical_constraint(embed(tokens_BxL), ("batch", "length", "embed"))
+    block = block_class(cfg.remat)
     for i in range(cfg.dims.n_layers):
-      x_BxLxD = Block(cfg, self.plan, name=f"block_{i}")(x_BxLxD)
+      x_BxLxD = block(cfg, self.plan, name=f"block_{i}")(x_BxLxD)
     x_BxLxD = _norm(cfg, "final_norm")(x_BxLxD)
     if cfg.tie_embeddings:
       logits_BxLxV = embed.attend(x_BxLxD)

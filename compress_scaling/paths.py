@@ -33,6 +33,18 @@ def exists(path: str) -> bool:
   return _epath(path).exists() if is_remote(path) else os.path.exists(path)
 
 
+def is_dir(path: str) -> bool:
+  return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def join(path: str, *parts: str) -> str:
+  """os.path.join for local paths; '/'-joined for URLs (os.path.join is the same on POSIX,
+  spelled out so that no URL ever meets an OS-specific separator)."""
+  if is_remote(path):
+    return "/".join([str(path).rstrip("/"), *parts])
+  return os.path.join(path, *parts)
+
+
 def makedirs(path: str) -> None:
   if is_remote(path):
     _epath(path).mkdir(parents=True, exist_ok=True)

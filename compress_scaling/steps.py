@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from compress_scaling import checkpoint, compression, config_lib, model, sharding
 
@@ -93,6 +95,43 @@ class Setup:
     loss, _ = model.cross_entropy(logits_BxLxV, batch_BxL1[:, 1:])
     return loss
 
+  def loss_and_grads(self, params, masks, batch_BxL1, key):
+    """Mean loss and its gradient over the global batch, in config.microbatches pieces.
+
+    With k > 1 microbatches (gradient accumulation, as optax.MultiSteps or MaxText's
+    gradient_accumulation_steps, but inside one jitted step) a lax.scan runs forward and
+    backward on one B/k slice at a time and sums float32 gradients, so activations are held
+    for B/k rows only; the mean over the k equal-sized slices is the full batch's mean. Slice j
+    takes rows j, j + k, j + 2k, ...: every data-parallel shard holds B/(n k) rows of each
+    slice (n shards, k divides B/n: config_lib), so no rows move between devices. Stochastic
+    rounding draws slice j's noise from fold_in(key, j). With k = 1 this is exactly
+    value_and_grad of loss_fn (the golden numbers of tests/test_train.py).
+    """
+    k = self.resolved.microbatches
+    grad_fn = jax.value_and_grad(self.loss_fn)
+    if k == 1:
+      return grad_fn(params, masks, batch_BxL1, key)
+    B, L1 = batch_BxL1.shape
+    # [B, L+1] -> [B/k, k, L+1] -> [k, B/k, L+1]: the leading (sharded) axis keeps its layout.
+    micro_KxMxL1 = batch_BxL1.reshape(B // k, k, L1).swapaxes(0, 1)
+    micro_KxMxL1 = jax.lax.with_sharding_constraint(
+      micro_KxMxL1, NamedSharding(self.mesh, P(None, ("data", "fsdp"), None))
+    )
+
+    def accumulate(carry, xs):
+      loss_sum, grad_sum = carry
+      j, micro_MxL1 = xs
+      loss, grads = grad_fn(params, masks, micro_MxL1, jax.random.fold_in(key, j))
+      grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+      return (loss_sum + loss.astype(jnp.float32), grad_sum), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (loss_sum, grad_sum), _ = jax.lax.scan(
+      accumulate, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(k), micro_KxMxL1)
+    )
+    grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), grad_sum, params)
+    return loss_sum / k, grads
+
   def train_step(self, state, batch_BxL1, root_key):
     step = state["step"]
     key = jax.random.fold_in(root_key, step)
@@ -101,7 +140,7 @@ class Setup:
       self.resolved.plan, state["params"], state["masks"], step, self.config.total_steps
     )
     params = compression.apply_masks(state["params"], masks)
-    loss, grads = jax.value_and_grad(self.loss_fn)(params, masks, batch_BxL1, key)
+    loss, grads = self.loss_and_grads(params, masks, batch_BxL1, key)
     updates, opt_state = self.tx.update(grads, state["opt_state"], params)
     # Re-applying the masks after the update keeps pruned weights exactly zero (jaxpruner's
     # post_gradient_update): Adam moments would otherwise move them.

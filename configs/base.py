@@ -26,10 +26,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.rope_theta = 10_000.0  # RoFormer / Llama default
   c.model.norm_eps = 1e-5
   c.model.dtype = "float32"  # activation dtype; "bfloat16" on TPU/GPU. Params stay float32.
+  # Rematerialisation of each transformer block in the backward pass (model.REMAT_POLICIES):
+  # "none" keeps every activation, "full" recomputes the block, "save_dots" keeps only the
+  # projection matmul outputs (MaxText remat_policy "minimal").
+  c.model.remat = "none"
 
   c.total_steps = 500  # 500 x 32 x 128 = 2M tokens: the README quick start, minutes on 2 CPU cores
   c.batch_size = 32  # global batch (sequences), split over the data and fsdp mesh axes
   c.seq_len = 128
+  # Gradient accumulation: the global batch is split into this many sequential microbatches
+  # inside one train step (float32 gradient sum, one optimizer update). Must divide the batch
+  # per data-parallel shard, batch_size / (mesh.data x mesh.fsdp).
+  c.microbatches = 1
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 3e-3  # peak learning rate

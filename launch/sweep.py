@@ -27,12 +27,17 @@ the eval step of a compression) is loaded, not compiled, by the next.
 --only REGEX keeps runs whose name matches (re.search); --slice I/N keeps runs I, I+N, I+2N, ...
 (0 <= I < N, after --only): N machines each take one slice. --jobs K runs K at a time (default
 1: on a 2-core box parallel runs only slow each other down). --dry_run prints the commands,
-shell-quoted, and the expected CPU time of a mini sweep, and runs nothing. SIGTERM (or Ctrl-C)
-stops the sweep: no new run starts and the running trainings get SIGTERM, on which they save a
-checkpoint (after Ctrl-C in a terminal they also get the SIGINT itself and resume from their last
-periodic checkpoint instead). --fit then runs `python -m compress_scaling.fit` on DIR's log
-entries (output in DIR/fit; it prints the eff(C) table and the paths of the figures), also when
-some runs failed: the fit names what it lacks.
+shell-quoted, and the expected CPU time of a mini sweep, and runs nothing; under each command a
+`#   memory/device (analytic): ...` line gives the per-device bytes of params, optimizer state,
+masks and activations of its train step (compress_scaling/memory.py: arithmetic on the dims,
+no JAX, so a paper sweep prints instantly) for --devices devices (default 1) and the run's
+mesh, remat and microbatches, and a `# WARNING` line when that exceeds --device_memory_gib
+(for XLA's compiled numbers of one run: `python -m compress_scaling.main ... --dry_run`).
+SIGTERM (or Ctrl-C) stops the sweep: no new run starts and the running trainings get SIGTERM,
+on which they save a checkpoint (after Ctrl-C in a terminal they also get the SIGINT itself and
+resume from their last periodic checkpoint instead). --fit then runs `python -m
+compress_scaling.fit` on DIR's log entries (output in DIR/fit; it prints the eff(C) table and
+the paths of the figures), also when some runs failed: the fit names what it lacks.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def _ensure_repo_on_path() -> None:
 
 _ensure_repo_on_path()
 
-from compress_scaling import config_identity, paths  # noqa: E402 -- no JAX in the runner
+from compress_scaling import config_identity, memory, paths  # noqa: E402 -- no JAX in the runner
 from configs import base as base_config  # noqa: E402
 from configs.sweeps import common  # noqa: E402
 
@@ -250,6 +255,18 @@ def command(sweep: Sweep, job: Job | common.Run, out: str, extra: dict[str, str]
   ]
 
 
+def job_memory(sweep: Sweep, job: Job, extra: dict[str, str], devices: int):
+  """The analytic per-device memory of a job's train step (its replicas stacked), or None
+  when the run's config cannot be sized here (main would report why)."""
+  try:
+    config = expected_config(sweep, job.runs[0], extra)
+    footprint = memory.analytic(memory.shape_from_config(config, devices))
+  except (ValueError, KeyError) as e:
+    print(f"#   memory: not estimated ({e})")
+    return None
+  return memory.scaled(footprint, len(job.runs))
+
+
 def shell(cmd: list[str]) -> str:
   return " ".join(shlex.quote(part) for part in cmd)
 
@@ -407,6 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     help="JAX persistent compilation cache shared by the trainings ('' for none)",
   )
   parser.add_argument(
+    "--devices",
+    type=int,
+    default=1,
+    help="with --dry_run: devices per run for the memory lines (mesh axes at -1 fill them)",
+  )
+  parser.add_argument(
+    "--device_memory_gib",
+    type=float,
+    help="with --dry_run: warn for runs needing more than this per device (e.g. 16, 80)",
+  )
+  parser.add_argument(
     "--fit",
     action="store_true",
     help="afterwards fit the unified law to DIR's log entries (compress_scaling.fit --out "
@@ -469,8 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         line += f", ~{_fmt_seconds(estimate)} on 2 CPU cores (configs/sweeps/common.py model)"
       print(line)
     print(f"# run from {REPO}")
+    n_warn = 0
     for job in todo_jobs:
       print(shell(command(sweep, job, args.out, extra)))
+      footprint = job_memory(sweep, job, extra, args.devices)
+      if footprint is not None:
+        print(f"#   {footprint.line()}")
+        if warning := footprint.warning(args.device_memory_gib):
+          print(f"# {warning}")
+          n_warn += 1
+    if n_warn:
+      print(f"# {n_warn} of {len(todo_jobs)} processes will not fit {args.device_memory_gib:g} GiB")
     return 0
 
   import tqdm  # noqa: PLC0415 -- not needed for --dry_run

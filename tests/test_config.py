@@ -45,6 +45,20 @@ def _config(**overrides):
     ({"model.dtype": "float16"}, 1, "model.dtype='float16': allowed float32, bfloat16"),
     ({"compression_rules": "*/mlp/out"}, 1, "compression_rules: expected 'layer_glob=spec'"),
     ({"mesh.tensor": 8, "mesh.data": 1}, 8, "mesh.tensor=8 does not divide model.n_heads=4"),
+    ({"model.remat": "dots"}, 1, "model.remat='dots': allowed none, full, save_dots"),
+    ({"microbatches": 0}, 1, "microbatches=0: must be a positive integer"),
+    (
+      {"microbatches": 3},
+      1,
+      "microbatches=3 does not divide the batch per data-parallel shard, batch_size / "
+      "(mesh.data x mesh.fsdp) = 8 / 1 = 8",
+    ),
+    (
+      {"microbatches": 4, "mesh.data": 8},
+      8,
+      "microbatches=4 does not divide the batch per data-parallel shard, batch_size / "
+      "(mesh.data x mesh.fsdp) = 8 / 8 = 1",
+    ),
   ],
 )
 def test_validation_errors(overrides, devices, needle):

@@ -1,21 +1,20 @@
 """A finished training run, opened read-only for post-training quantization.
 
-`load(workdir)` checks the run's log entry (complete), rebuilds its config from the entry,
-restores the newest readable checkpoint onto the run's sharded abstract state, and loads the
-corpus the run was trained on (its fingerprint must match the checkpoint's). Nothing in the
-workdir is created, cleaned up or rewritten.
+`load(workdir)` (local or gs://) checks the run's log entry (complete), rebuilds its config
+from the entry, restores the newest readable checkpoint onto the run's sharded abstract state,
+and loads the corpus the run was trained on (its fingerprint must match the checkpoint's).
+Nothing in the workdir is created, cleaned up or rewritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from compress_scaling import checkpoint, compression, data, logbook, model, steps, train
+from compress_scaling import checkpoint, compression, data, logbook, model, paths, steps, train
 
 
 class BaseRunError(ValueError):
@@ -73,11 +72,11 @@ def set_path(tree: dict, path: tuple[str, ...], value) -> dict:
 
 def load(workdir: str, *, calib_seed: int | None = None) -> BaseRun:
   """Opens a finished run. Raises BaseRunError naming what is missing."""
-  if workdir.startswith("gs://"):
-    raise BaseRunError(f"--workdir {workdir}: PTQ reads local workdirs only (copy it first)")
-  workdir = os.path.abspath(workdir)
-  entry_path = os.path.join(workdir, train.LOG_ENTRY)
-  if not os.path.exists(entry_path):
+  # Local or gs:// (as training writes them): files through compress_scaling.paths, the
+  # checkpoints through orbax, which reads object stores itself.
+  workdir = paths.absolute(workdir)
+  entry_path = paths.join(workdir, train.LOG_ENTRY)
+  if not paths.exists(entry_path):
     raise BaseRunError(f"--workdir {workdir}: no {train.LOG_ENTRY}; PTQ needs a finished run")
   entry = logbook.read_entry(entry_path)  # ValueError names a corrupt entry
   if entry.get("kind", "train") != "train":
@@ -90,8 +89,8 @@ def load(workdir: str, *, calib_seed: int | None = None) -> BaseRun:
   config = ml_collections.ConfigDict(entry["config"])
   setup = steps.Setup.create(config)
   corpus = data.load_corpus(config.data)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  ckpt_dir = paths.join(workdir, "checkpoints")
+  if not paths.is_dir(ckpt_dir):
     raise BaseRunError(
       f"--workdir {workdir}: no checkpoints/ folder; PTQ needs the trained weights"
     )

@@ -20,16 +20,14 @@ A run trained with quantized weights is quantized from its latent float weights.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
-import os
 import re
 import time
 
 import jax
 import jax.numpy as jnp
 
-from compress_scaling import compression, log_entry, logbook, steps
+from compress_scaling import compression, log_entry, logbook, paths, steps
 from compress_scaling.ptq import base_run, calibrate, factors, gptq
 
 METHODS = ("rtn", "gptq")
@@ -111,18 +109,16 @@ def parse_methods(methods) -> list[str]:
 
 def expand_workdirs(patterns) -> list[str]:
   """Run folders: a plain path is taken as is (and fails later if it holds no finished run);
-  a glob keeps the folders holding a log_entry.json (not the sweep's _logs/ or the -ptq
-  outputs of an earlier call)."""
+  a glob (local or gs://, expanded by logbook's glob expansion as the fit reads runs) keeps
+  the folders holding a log_entry.json (not the sweep's _logs/ or the -ptq outputs of an
+  earlier call)."""
   out = []
   for p in patterns:
     if not any(c in p for c in "*?["):
       out.append(p)
       continue
-    matches = [
-      m
-      for m in sorted(glob.glob(p))
-      if os.path.isfile(os.path.join(m, "log_entry.json")) and not m.rstrip("/").endswith("-ptq")
-    ]
+    entries = logbook._expand(paths.join(p.rstrip("/"), "log_entry.json"))
+    matches = [m for m in (e[: -len("/log_entry.json")] for e in entries) if not m.endswith("-ptq")]
     if not matches:
       raise ValueError(f"--workdir {p!r} matches no run folder (one holding a log_entry.json)")
     out += matches
@@ -134,7 +130,7 @@ def slug(spec: str) -> str:
 
 
 def default_out(workdir: str) -> str:
-  return os.path.abspath(workdir).rstrip("/") + "-ptq"
+  return paths.absolute(workdir).rstrip("/") + "-ptq"
 
 
 class _Model:
@@ -237,14 +233,15 @@ def model_factors(m: _Model, base_loss: float) -> dict:
 def quantize_run(workdir: str, formats, methods, *, out: str | None = None, opts=Options()):
   """PTQ of one finished run; returns the paths of the entries written or already there."""
   fmts, meths = parse_formats(formats), parse_methods(methods)
-  out = os.path.abspath(out or default_out(workdir))
-  if os.path.abspath(workdir) == out or out.startswith(os.path.abspath(workdir) + os.sep):
+  out = paths.absolute(out or default_out(workdir))
+  base_dir = paths.absolute(workdir).rstrip("/")
+  if out.rstrip("/") == base_dir or out.startswith(base_dir + "/"):
     raise ValueError(f"--out {out}: must lie outside the base workdir (it is only read)")
   todo, done = [], []
   for spec, comp in fmts:
     for method in meths:
-      path = os.path.join(out, f"{slug(spec)}_{method}", "log_entry.json")
-      if os.path.exists(path) and logbook.read_entry(path).get("status") == STATUS:
+      path = paths.join(out, f"{slug(spec)}_{method}", "log_entry.json")
+      if paths.exists(path) and logbook.read_entry(path).get("status") == STATUS:
         logging.info("%s exists; skipped", path)
         done.append(path)
       else:
