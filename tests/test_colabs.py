@@ -123,6 +123,7 @@ def test_qat_law_notebook_recovers_the_generating_constants(tmp_path, run_notebo
   }
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_sparse_law_notebook_recovers_the_generating_law(tmp_path, run_notebook):
   runs = synthetic.sparse_runs(noise=0.0, suffix="-every10")  # labels as the sparse_law sweep
   synthetic.write_entries(runs, str(tmp_path / "runs"))
@@ -170,6 +171,7 @@ def test_figures_frantar2025_notebook(tmp_path, run_notebook):
   assert {p.stem for p in figures.glob("*.pdf")} == pngs(figures)
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_figures_kumar2024_notebook_recovers_gammas(tmp_path, run_notebook):
   bits = (2, 3, 4, 6, 8)
   effs = {"dense": 1.0}
@@ -197,6 +199,7 @@ PANFEROV_SPECS = (
 )
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_figures_panferov2025_notebook_recovers_capacity_law(tmp_path, run_notebook):
   true = dict(L=0.95, F=0.41, C=1.39)
   effs = {"dense": 1.0}

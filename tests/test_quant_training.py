@@ -37,7 +37,7 @@ def test_w8a8_within_2_percent_of_dense(tmp_path, dense_loss):
     ("w4a4", 4.0),
     pytest.param("w4a4-g32", 4.5, marks=pytest.mark.slow),
     pytest.param("w2a16", 2.0, marks=pytest.mark.slow),
-    ("w1a16", 1.0),
+    pytest.param("w1a16", 1.0, marks=pytest.mark.slow),
     pytest.param("wfp4a16", 4.0, marks=pytest.mark.slow),
     pytest.param("wmxfp4amxfp4", 4.25, marks=pytest.mark.slow),
   ],
@@ -80,6 +80,7 @@ def test_attention_matmuls_quantizable_by_rule():
     assert out.shape == base.shape and not np.allclose(out, base, atol=1e-3), rule
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_serving_path_and_diagnostics(tmp_path):
   entry = _run(
     tmp_path,

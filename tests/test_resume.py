@@ -32,6 +32,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted):
   assert [s for s, _ in entry["eval"]["curve"]] == [60, 120]
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_sigterm_saves_and_exits_cleanly(tmp_path, uninterrupted):
   proc = start_main(tmp_path, *LONG)
   wait_for_checkpoint(proc, tmp_path, 20)

@@ -79,6 +79,7 @@ def test_masks_identical_after_kill_and_resume(tmp_path):
   )
 
 
+@pytest.mark.slow  # default-suite time: CI runs the fast set in ~15 minutes on 2 cores
 def test_embedding_pruned_by_rule(tmp_path):
   """Embeddings are off by default and prunable by rule, with the same exact density."""
   c = smoke.get_config()
