@@ -214,7 +214,7 @@ def test_arithmetic_helpers():
     "log_every": 25,
   }
   est = common.estimate_cpu_seconds(unified.runs("mini"))
-  assert 8 * 60 < est < 20 * 60  # README: the measured main job
+  assert 8 * 60 < est < 20 * 60  # the main job: measured 11 min (the model is an upper bound)
   assert common.estimate_cpu_seconds(unified.runs("paper")) is None  # no CPU model at 30m+
 
 

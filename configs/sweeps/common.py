@@ -221,6 +221,11 @@ def fmt_num(x: float) -> str:
 # seeds (benchmarks/bench_sweep.py; train.phases_s of the sweep's entries): 0.03m 45k, 0.06m
 # 35k, 0.1m 22k, 0.17m 19k, 0.32m 12k tokens/s; a process's start-up, compilation and entries
 # take ~12 s (~15-20 s when two run at once), once per pack however many seeds it trains.
+# Checked on a fresh clone (unified.py:mini, --jobs 2, quiet box, 2026-12-04): estimate 16 min,
+# measured 11 min 7 s; per process 40k / 32k / 20k / 16k / 10k tokens/s at 0.03m / 0.06m / 0.1m /
+# 0.17m / 0.32m and ~20 process-seconds of start-up, compilation and entries. The model sums
+# processes as if one ran at a time at the rate of two sharing the box, so with --jobs 2 it
+# overestimates by ~1.4x: read it as an upper bound.
 CPU_TOKENS_PER_S = {
   "0.03m": 45_000,
   "0.06m": 35_000,
