@@ -68,10 +68,8 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def model_flops_per_token(setup) -> float:
-  dims, vocab = setup.resolved.model.dims, setup.resolved.model.vocab_size
-  n = sizes.non_embedding_params(dims)
-  seq = setup.config.seq_len
-  return 6 * (n + dims.d_model * vocab) + 12 * dims.n_layers * dims.d_model * seq
+  m = setup.resolved.model
+  return sizes.train_flops_per_token(m.dims, m.vocab_size, setup.config.seq_len)
 
 
 class Bench:

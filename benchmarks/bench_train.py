@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from compress_scaling import data, steps  # noqa: E402
+from compress_scaling import data, sizes, steps  # noqa: E402
 from configs import base  # noqa: E402
 
 
@@ -74,10 +74,8 @@ def bench_size(size: str, batch: int, seq: int, repeats: int, compression: str =
 
   dt = _time(lambda: one(), repeats=repeats)
   dims, vocab = setup.resolved.model.dims, setup.resolved.model.vocab_size
-  from compress_scaling import sizes  # noqa: PLC0415
-
   n = sizes.non_embedding_params(dims)
-  flops_per_token = 6 * (n + dims.d_model * vocab) + 12 * dims.n_layers * dims.d_model * seq
+  flops_per_token = sizes.train_flops_per_token(dims, vocab, seq)
   tokens = batch * seq
   roof = matmul_roofline(tokens, dims.d_model, dims.d_ff)
   return {

@@ -13,11 +13,10 @@ import jax.numpy as jnp
 
 from compress_scaling import compression, data, paths, sharding, sizes
 from compress_scaling.config_identity import config_hash, to_dict  # noqa: F401 -- re-exported
-from compress_scaling.model import ModelConfig
+from compress_scaling.model import REMAT_POLICIES, ModelConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-REMAT = ("none", "full", "save_dots")  # model.REMAT_POLICIES
-DIM_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+REMAT = tuple(REMAT_POLICIES)
 
 
 class ConfigError(ValueError):
@@ -40,24 +39,6 @@ def microbatches(c) -> int:
 def remat(c) -> str:
   """config.model.remat; 'none' for a config recorded before the field existed."""
   return c.model.get("remat", "none")
-
-
-def resolve_dims(m) -> sizes.Dims:
-  if m.size == "custom":
-    missing = [f"model.{f}" for f in DIM_FIELDS if f != "n_kv_heads" and m[f] <= 0]
-    if missing:
-      raise ConfigError(f"model.size='custom' needs positive {', '.join(missing)}")
-    base = sizes.Dims(0, 0, 0, 0, 0)
-  elif m.size in sizes.LADDER:
-    base = sizes.LADDER[m.size]
-  else:
-    raise ConfigError(
-      f"model.size={m.size!r} is unknown; allowed: {', '.join(sizes.LADDER)} or 'custom'"
-    )
-  values = {f: (m[f] if m[f] > 0 else getattr(base, f)) for f in DIM_FIELDS}
-  if values["n_kv_heads"] <= 0:
-    values["n_kv_heads"] = values["n_heads"]
-  return sizes.Dims(**values)
 
 
 def _check(errors: list[str], ok: bool, message: str) -> None:
@@ -174,8 +155,8 @@ def validate(c, n_devices: int) -> Resolved:
 
   dims = plan = mesh_shape = None
   try:
-    dims = resolve_dims(c.model)
-  except ConfigError as e:
+    dims = sizes.resolve_dims(c.model)
+  except ValueError as e:
     errors.append(str(e))
   try:
     plan = compression.Plan.from_config(c.compression, c.compression_rules)

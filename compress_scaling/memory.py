@@ -187,17 +187,6 @@ def analytic(s: Shape) -> Footprint:
   return Footprint(params, opt_state, masks, activations, "analytic", "; ".join(notes))
 
 
-def _dims(m) -> sizes.Dims:
-  """config_lib.resolve_dims without its imports (the ladder entry, explicit dims > 0 win)."""
-  fields = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
-  base = sizes.LADDER.get(m["size"], sizes.Dims(0, 0, 0, 0, 0))
-  v = {k: (m[k] if m[k] > 0 else getattr(base, k)) for k in fields}
-  v["n_kv_heads"] = v["n_kv_heads"] or v["n_heads"]
-  if min(v.values()) <= 0:
-    raise ValueError(f"model.size={m['size']!r}: unknown size or missing dims {v}")
-  return sizes.Dims(**v)
-
-
 def _mesh(mesh, n_devices: int) -> tuple[int, int, int]:
   """sharding.mesh_shape without its imports (-1 fills the devices; validated by main)."""
   axes = [int(mesh[a]) for a in ("data", "fsdp", "tensor")]
@@ -224,7 +213,7 @@ def shape_from_config(c, n_devices: int) -> Shape:
   vocab = m["vocab_size"] or (BYTE_VOCAB if c["data"]["tokenizer"] == "byte" else ASSUMED_VOCAB)
   sparse, wq, aq = _spec_flags(c["compression"])
   return Shape(
-    dims=_dims(m),
+    dims=sizes.resolve_dims(m),
     vocab=vocab,
     batch_size=c["batch_size"],
     seq_len=c["seq_len"],
@@ -274,9 +263,9 @@ def compiled(setup) -> Footprint:
   with setup.mesh, nn.logical_axis_rules(sharding.LOGICAL_RULES):
     exe = setup.jit_train_step().lower(setup.abstract_state, batch, key).compile()
   m = exe.memory_analysis()
-  params, opt_state, masks = state_bytes(setup)
   if m is None:  # a backend without memory analysis
     return analytic_for_setup(setup)
+  params, opt_state, masks = state_bytes(setup)
   peak = (
     m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
   )

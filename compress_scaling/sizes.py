@@ -59,6 +59,38 @@ LADDER: dict[str, Dims] = {
 }
 
 
+DIM_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
+
+
+def resolve_dims(m) -> Dims:
+  """The dims of a config's model block (a ConfigDict or its plain dict): model.size's ladder
+  entry, each explicit model.<dim> > 0 overriding it; n_kv_heads <= 0 means n_heads (no GQA).
+  ValueError names what is unknown or missing. JAX-free: config_lib validates with it and
+  memory.py sizes sweep configs with it."""
+  size = m["size"]
+  if size == "custom":
+    missing = [f"model.{f}" for f in DIM_FIELDS if f != "n_kv_heads" and m[f] <= 0]
+    if missing:
+      raise ValueError(f"model.size='custom' needs positive {', '.join(missing)}")
+    base = Dims(0, 0, 0, 0, 0)
+  elif size in LADDER:
+    base = LADDER[size]
+  else:
+    raise ValueError(f"model.size={size!r} is unknown; allowed: {', '.join(LADDER)} or 'custom'")
+  values = {f: (m[f] if m[f] > 0 else getattr(base, f)) for f in DIM_FIELDS}
+  if values["n_kv_heads"] <= 0:
+    values["n_kv_heads"] = values["n_heads"]
+  return Dims(**values)
+
+
+def train_flops_per_token(dims: Dims, vocab_size: int, seq_len: int) -> float:
+  """Model FLOPs of one training token (forward + backward): 6 (N + d V) for the weights,
+  LM head included (Kaplan et al. 2020), + 12 n_layers d L for attention (PaLM, Chowdhery et
+  al. 2022, appendix B)."""
+  n = non_embedding_params(dims)
+  return 6 * (n + dims.d_model * vocab_size) + 12 * dims.n_layers * dims.d_model * seq_len
+
+
 def non_embedding_params(dims: Dims) -> int:
   d, h, h_kv = dims.d_model, dims.n_heads, dims.n_kv_heads
   d_head = d // h

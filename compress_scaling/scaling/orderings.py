@@ -88,9 +88,10 @@ def orderings(table: pd.DataFrame, matched: dict | None = None) -> pd.DataFrame:
   first: columns higher, lower, p = P(eff(higher) > eff(lower)), resolved (p >= 0.975),
   ratio = eff(higher) / eff(lower) and its 95% interval, n_draws, sizes (the N compared at:
   'all', or the common sizes of a matched pair). Empty without draws."""
-  if _log_draws(table) is None:
+  cache = {id(table): _log_draws(table)}
+  if cache[id(table)] is None:
     return pd.DataFrame(columns=COLUMNS)
-  rows, cache = [], {}
+  rows = []
   for a, b in itertools.combinations(table.index, 2):
     log_draws, eff, label = _source(table, a, b, matched, cache)
     hi, lo = (a, b) if eff[a] >= eff[b] else (b, a)

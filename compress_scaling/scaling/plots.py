@@ -253,11 +253,12 @@ def step_links(x, t: pd.DataFrame, matched=None) -> pd.DataFrame:
   from compress_scaling.scaling import orderings  # noqa: PLC0415
 
   cols = ["higher", "lower", "x_higher", "x_lower", "p", "resolved"]
-  if orderings._log_draws(t) is None:
+  cache = {id(t): orderings._log_draws(t)}
+  if cache[id(t)] is None:
     return pd.DataFrame(columns=cols)
   order = np.argsort(-np.asarray(x, float), kind="stable")
   names, xs = list(t.index[order]), np.asarray(x, float)[order]
-  cache, rows = {}, []
+  rows = []
   for (a, xa), (b, xb) in zip(zip(names, xs), zip(names[1:], xs[1:])):
     if xa == xb:
       continue
